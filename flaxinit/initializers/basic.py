@@ -1,0 +1,341 @@
+"""Constant and elementwise-random initializers: zeros, ones, constant, normal, uniform,
+truncated normal (both bound conventions)."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flaxinit.initializers._core import (
+    DTypeLike,
+    Initializer,
+    OutSharding,
+    Shape,
+    check_dtype,
+    check_number,
+    check_shape,
+    default_dtype,
+    empty,
+    sampling_dtype,
+)
+
+
+def _ndtr(x: float) -> float:
+    """The standard normal CDF, accurate in both tails."""
+    if x < 0:
+        return 0.5 * math.erfc(-x / math.sqrt(2.0))
+    return 1.0 - 0.5 * math.erfc(x / math.sqrt(2.0))
+
+
+def _constant_dtype(dtype: DTypeLike, name: str) -> np.dtype:
+    # Constant initializers may fill integer or boolean variables (counters, masks).
+    if dtype is None:
+        return default_dtype()
+    try:
+        return jnp.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{name}: dtype must be a dtype, got {dtype!r}") from None
+
+
+def zeros(
+    key: jax.Array,
+    shape: Shape,
+    dtype: DTypeLike = jnp.float32,
+    out_sharding: OutSharding = None,
+) -> jax.Array:
+    """An array of zeros; the key is ignored. Same as ``jax.nn.initializers.zeros``.
+
+    Example:
+      >>> zeros(jax.random.key(0), (2, 3))
+      Array([[0., 0., 0.],
+             [0., 0., 0.]], dtype=float32)
+    """
+    del key
+    shape = check_shape(shape, "zeros")
+    return jnp.zeros(shape, _constant_dtype(dtype, "zeros"), out_sharding=out_sharding)
+
+
+def ones(
+    key: jax.Array,
+    shape: Shape,
+    dtype: DTypeLike = jnp.float32,
+    out_sharding: OutSharding = None,
+) -> jax.Array:
+    """An array of ones; the key is ignored. Same as ``jax.nn.initializers.ones``.
+
+    Example:
+      >>> ones(jax.random.key(0), (2,))
+      Array([1., 1.], dtype=float32)
+    """
+    del key
+    shape = check_shape(shape, "ones")
+    return jnp.ones(shape, _constant_dtype(dtype, "ones"), out_sharding=out_sharding)
+
+
+def constant(value, dtype: DTypeLike = None) -> Initializer:
+    """An initializer that fills with ``value`` (a scalar, or an array that broadcasts).
+
+    Same as ``jax.nn.initializers.constant``. A NaN ``value`` raises when the
+    initializer is built.
+
+    Args:
+      value: the fill value.
+      dtype: the default dtype when the caller passes none.
+
+    Example:
+      >>> constant(-0.5)(jax.random.key(0), (2,))
+      Array([-0.5, -0.5], dtype=float32)
+    """
+    array = np.asarray(value)
+    if np.issubdtype(array.dtype, np.number) and np.isnan(array).any():
+        raise ValueError(f"constant: value must not be NaN, got value={value!r}")
+    default = None if dtype is None else _constant_dtype(dtype, "constant")
+
+    def init(key, shape, dtype=default, out_sharding=None):
+        del key
+        shape = check_shape(shape, "constant")
+        dtype = _constant_dtype(dtype, "constant")
+        try:
+            np.broadcast_shapes(array.shape, shape)
+        except ValueError:
+            raise ValueError(
+                f"constant: value of shape {array.shape} does not broadcast to shape={shape}"
+            ) from None
+        return jnp.full(shape, value, dtype=dtype, out_sharding=out_sharding)
+
+    return init
+
+
+def normal(stddev: float = 1e-2, dtype: DTypeLike = None, *, mean: float = 0.0) -> Initializer:
+    """Draws from N(mean, stddev^2).
+
+    The ``jax.nn.initializers.normal`` twin (same values in float32 for the same key
+    when ``mean=0``); ``mean`` is an addition (``torch.nn.init.normal_(mean, std)``).
+    Complex dtypes get E|z - mean|^2 = stddev^2 with circularly symmetric samples.
+    Below 32 bits the draw is in float32 and cast once.
+
+    Args:
+      stddev: the standard deviation, >= 0.
+      dtype: the default dtype when the caller passes none.
+      mean: the mean.
+
+    Example:
+      >>> w = normal(0.02)(jax.random.key(0), (768, 768))
+    """
+    stddev = check_number(stddev, "normal", "stddev", minimum=0.0)
+    mean = check_number(mean, "normal", "mean")
+    default = None if dtype is None else check_dtype(dtype, "normal")
+
+    def init(key, shape, dtype=default, out_sharding=None):
+        shape = check_shape(shape, "normal")
+        dtype = check_dtype(dtype, "normal")
+        if math.prod(shape) == 0:
+            return empty(shape, dtype, out_sharding)
+        draw = sampling_dtype(dtype)
+        x = jax.random.normal(key, shape, draw, out_sharding=out_sharding) * jnp.array(stddev, draw)
+        if mean != 0.0:
+            x = x + jnp.array(mean, draw)
+        return x.astype(dtype)
+
+    return init
+
+
+def uniform(scale: float = 1e-2, dtype: DTypeLike = None) -> Initializer:
+    """Draws from U[0, scale): jax's one-sided convention.
+
+    The ``jax.nn.initializers.uniform`` twin (same values in float32). For a
+    symmetric or arbitrary range use :func:`uniform_range`. Real dtypes only.
+
+    Args:
+      scale: the upper end of the range, >= 0.
+      dtype: the default dtype when the caller passes none.
+
+    Example:
+      >>> w = uniform(0.1)(jax.random.key(0), (3, 3))
+    """
+    scale = check_number(scale, "uniform", "scale", minimum=0.0)
+    default = None if dtype is None else check_dtype(dtype, "uniform")
+
+    def init(key, shape, dtype=default, out_sharding=None):
+        shape = check_shape(shape, "uniform")
+        dtype = check_dtype(dtype, "uniform", allow_complex=False)
+        if math.prod(shape) == 0:
+            return empty(shape, dtype, out_sharding)
+        draw = sampling_dtype(dtype)
+        x = jax.random.uniform(key, shape, draw, out_sharding=out_sharding)
+        return (x * jnp.array(scale, draw)).astype(dtype)
+
+    return init
+
+
+def uniform_range(
+    minval: float = -1.0, maxval: float = 1.0, dtype: DTypeLike = None
+) -> Initializer:
+    """Draws from U[minval, maxval): PyTorch's ``uniform_(a, b)``.
+
+    ``uniform_range(-1 / sqrt(fan_in), 1 / sqrt(fan_in))`` is PyTorch's default for
+    ``nn.Linear`` biases. Real dtypes only.
+
+    Args:
+      minval: the lower end (inclusive).
+      maxval: the upper end (exclusive), > minval.
+      dtype: the default dtype when the caller passes none.
+
+    Example:
+      >>> b = uniform_range(-0.05, 0.05)(jax.random.key(0), (128,))
+    """
+    minval = check_number(minval, "uniform_range", "minval")
+    maxval = check_number(maxval, "uniform_range", "maxval")
+    if not maxval > minval:
+        raise ValueError(
+            f"uniform_range: maxval must be > minval, got minval={minval}, maxval={maxval}"
+        )
+    default = None if dtype is None else check_dtype(dtype, "uniform_range")
+
+    def init(key, shape, dtype=default, out_sharding=None):
+        shape = check_shape(shape, "uniform_range")
+        dtype = check_dtype(dtype, "uniform_range", allow_complex=False)
+        if math.prod(shape) == 0:
+            return empty(shape, dtype, out_sharding)
+        draw = sampling_dtype(dtype)
+        x = jax.random.uniform(key, shape, draw, minval, maxval, out_sharding=out_sharding)
+        return x.astype(dtype)
+
+    return init
+
+
+def truncated_std(lower: float, upper: float) -> float:
+    """The std of a standard normal truncated to ``(lower, upper)``.
+
+    ``sqrt(1 + (a phi(a) - b phi(b)) / Z - ((phi(a) - phi(b)) / Z)^2)`` with
+    ``Z = Phi(b) - Phi(a)``; 0.8796256610342398 for (-2, 2).
+
+    Example:
+      >>> round(truncated_std(-2.0, 2.0), 10)
+      0.879625661
+    """
+    a, b = float(lower), float(upper)
+    pdf = lambda t: math.exp(-0.5 * t * t) / math.sqrt(2 * math.pi) if math.isfinite(t) else 0.0
+    mass = float(_ndtr(b) - _ndtr(a))
+    ta = a * pdf(a) if math.isfinite(a) else 0.0
+    tb = b * pdf(b) if math.isfinite(b) else 0.0
+    mean = (pdf(a) - pdf(b)) / mass
+    return math.sqrt(1.0 + (ta - tb) / mass - mean * mean)
+
+
+def _check_bounds(lower: float, upper: float, name: str) -> tuple[float, float]:
+    lower = float(lower)
+    upper = float(upper)
+    if math.isnan(lower) or math.isnan(upper) or not upper > lower:
+        raise ValueError(f"{name}: need lower < upper, got lower={lower}, upper={upper}")
+    if float(_ndtr(upper) - _ndtr(lower)) < 1e-6:
+        raise ValueError(
+            f"{name}: the interval ({lower}, {upper}) holds less than 1e-6 of the normal's "
+            "mass; the inverse-CDF sampler cannot draw from it accurately"
+        )
+    return lower, upper
+
+
+def truncated_normal(
+    stddev: float = 1e-2,
+    dtype: DTypeLike = None,
+    lower: float = -2.0,
+    upper: float = 2.0,
+    *,
+    mean: float = 0.0,
+    correct_std: bool = False,
+) -> Initializer:
+    """Draws N(0, 1) truncated to (lower, upper), times ``stddev``, plus ``mean``.
+
+    The ``jax.nn.initializers.truncated_normal`` twin (same values in float32 when
+    ``mean=0``). Bounds are in units of ``stddev`` (jax, Haiku, TF and timm's
+    ``trunc_normal_tf_``), and ``stddev`` is the std *before* truncation: with the
+    default bounds the samples' std is ``0.8796 * stddev``. Pass
+    ``correct_std=True`` to divide by :func:`truncated_std` so the std is exactly
+    ``stddev`` (the bounds then scale with it). PyTorch's ``trunc_normal_`` takes
+    absolute bounds instead: see :func:`trunc_normal`.
+
+    Args:
+      stddev: the scale, >= 0.
+      dtype: the default dtype when the caller passes none.
+      lower: the lower bound, in units of ``stddev``.
+      upper: the upper bound, in units of ``stddev``.
+      mean: added after scaling.
+      correct_std: make the samples' std equal ``stddev``.
+
+    Example:
+      >>> w = truncated_normal(0.02)(jax.random.key(0), (768, 768))  # std 0.0176
+      >>> w = truncated_normal(0.02, correct_std=True)(jax.random.key(0), (768, 768))
+    """
+    name = "truncated_normal"
+    stddev = check_number(stddev, name, "stddev", minimum=0.0)
+    mean = check_number(mean, name, "mean")
+    lower, upper = _check_bounds(lower, upper, name)
+    scale = stddev / truncated_std(lower, upper) if correct_std else stddev
+    default = None if dtype is None else check_dtype(dtype, name)
+
+    def init(key, shape, dtype=default, out_sharding=None):
+        shape = check_shape(shape, name)
+        dtype = check_dtype(dtype, name, allow_complex=False)
+        if math.prod(shape) == 0:
+            return empty(shape, dtype, out_sharding)
+        draw = sampling_dtype(dtype)
+        x = jax.random.truncated_normal(
+            key, lower, upper, shape, draw, out_sharding=out_sharding
+        ) * jnp.array(scale, draw)
+        if mean != 0.0:
+            x = x + jnp.array(mean, draw)
+        return x.astype(dtype)
+
+    return init
+
+
+def trunc_normal(
+    mean: float = 0.0,
+    std: float = 1.0,
+    a: float = -2.0,
+    b: float = 2.0,
+    dtype: DTypeLike = None,
+) -> Initializer:
+    """PyTorch's ``torch.nn.init.trunc_normal_``: N(mean, std^2) cut to absolute [a, b].
+
+    The bounds ``a`` and ``b`` are absolute values, not multiples of ``std``, and
+    ``std`` is the std before truncation. So ``trunc_normal(std=0.02)`` (timm's ViT
+    init) is practically untruncated (the bounds sit at 100 sigma), while
+    ``truncated_normal(0.02)`` cuts at 2 sigma. Every sample lies in [a, b].
+
+    Args:
+      mean: the mean of the normal before truncation.
+      std: its std, > 0.
+      a: the absolute lower bound.
+      b: the absolute upper bound, > a.
+      dtype: the default dtype when the caller passes none.
+
+    Example:
+      >>> w = trunc_normal(std=0.02)(jax.random.key(0), (768, 3072))
+    """
+    name = "trunc_normal"
+    mean = check_number(mean, name, "mean")
+    std = check_number(std, name, "std", minimum=0.0, strict=True)
+    a = check_number(a, name, "a")
+    b = check_number(b, name, "b")
+    lower, upper = _check_bounds((a - mean) / std, (b - mean) / std, name)
+    default = None if dtype is None else check_dtype(dtype, name)
+
+    def init(key, shape, dtype=default, out_sharding=None):
+        shape = check_shape(shape, name)
+        dtype = check_dtype(dtype, name, allow_complex=False)
+        if math.prod(shape) == 0:
+            return empty(shape, dtype, out_sharding)
+        draw = sampling_dtype(dtype)
+        z = jax.random.truncated_normal(key, lower, upper, shape, draw, out_sharding=out_sharding)
+        x = z * jnp.array(std, draw) + jnp.array(mean, draw)
+        # Rounding of z * std + mean (and of the cast) may step past a bound by an ulp;
+        # the bounds are hard, as in PyTorch, in the output dtype.
+        x = x.astype(dtype)
+        return jnp.clip(x, jnp.array(a, dtype), jnp.array(b, dtype))
+
+    return init

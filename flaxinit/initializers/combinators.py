@@ -1,0 +1,134 @@
+"""Combinators: build an initializer from another one."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import jax
+import jax.numpy as jnp
+
+from flaxinit.initializers._core import (
+    Initializer,
+    check_number,
+    check_shape,
+    normalize_axes,
+    with_out_sharding,
+)
+
+
+def scaled(init: Initializer, factor: float) -> Initializer:
+    """``init``'s draw multiplied by ``factor``.
+
+    The multiplication happens in the output dtype after ``init``'s own cast.
+
+    Args:
+      init: any initializer.
+      factor: a finite number.
+
+    Example:
+      >>> import math
+      >>> depth_scaled = scaled(normal(0.02), 1 / math.sqrt(2 * 12))  # GPT-2 residual proj.
+    """
+    _check_initializer(init, "scaled")
+    factor = check_number(factor, "scaled", "factor")
+
+    def apply(key, shape, dtype=jnp.float32, out_sharding=None):
+        x = init(key, shape, dtype, out_sharding)
+        return x * jnp.array(factor, x.dtype)
+
+    return apply
+
+
+def stacked(init: Initializer, axis: int = 0) -> Initializer:
+    """Draws each slice along ``axis`` independently, with ``init`` and the slice's shape.
+
+    For stacked layers (``nn.scan``/``nnx.vmap`` parameters with a leading layer
+    axis): slice ``i`` is ``init(jax.random.split(key, n)[i], slice_shape)``, so its
+    fans are those of one layer, not of the stack (``he_normal()`` on a ``(12, 256,
+    256)`` stack would otherwise count the 12 layers as receptive field).
+
+    Args:
+      init: any initializer.
+      axis: the stacking axis.
+
+    Example:
+      >>> w = stacked(he_normal())(jax.random.key(0), (12, 256, 256))
+    """
+    _check_initializer(init, "stacked")
+    _check_int(axis, "stacked", "axis")
+
+    def apply(key, shape, dtype=jnp.float32, out_sharding=None):
+        shape = check_shape(shape, "stacked")
+        if not shape:
+            raise ValueError("stacked: needs a shape with at least 1 dimension")
+        (ax,) = normalize_axes(axis, len(shape), "stacked", "axis")
+        slice_shape = shape[:ax] + shape[ax + 1 :]
+
+        def compute():
+            keys = jax.random.split(key, shape[ax])
+            slices = jax.vmap(lambda k: init(k, slice_shape, dtype))(keys)
+            return jnp.moveaxis(slices, 0, ax)
+
+        return with_out_sharding(compute, out_sharding)
+
+    return apply
+
+
+def blockwise(init: Initializer, num_blocks: int, axis: int = -1) -> Initializer:
+    """Splits ``axis`` into ``num_blocks`` equal blocks, each drawn on its own.
+
+    For fused weights: an LSTM's ``(H, 4H)`` recurrent kernel with
+    ``blockwise(orthogonal(), 4)`` gets one orthogonal ``H x H`` block per gate
+    (``orthogonal()`` on the whole ``(H, 4H)`` leaves the gate blocks non-orthogonal),
+    and a packed QKV ``(E, 3E)`` kernel with ``blockwise(xavier_uniform(), 3)`` gets
+    the fans of one projection (PyTorch's packed MHA halves the variance,
+    pytorch#166378). Block ``i`` is ``init(jax.random.split(key, num_blocks)[i],
+    block_shape)``.
+
+    Args:
+      init: any initializer.
+      num_blocks: how many equal blocks ``axis`` holds.
+      axis: the fused axis.
+
+    Example:
+      >>> w = blockwise(orthogonal(), 4)(jax.random.key(0), (128, 512))
+    """
+    _check_initializer(init, "blockwise")
+    _check_int(num_blocks, "blockwise", "num_blocks")
+    if num_blocks < 1:
+        raise ValueError(f"blockwise: num_blocks must be >= 1, got num_blocks={num_blocks}")
+    _check_int(axis, "blockwise", "axis")
+
+    def apply(key, shape, dtype=jnp.float32, out_sharding=None):
+        shape = check_shape(shape, "blockwise")
+        if not shape:
+            raise ValueError("blockwise: needs a shape with at least 1 dimension")
+        (ax,) = normalize_axes(axis, len(shape), "blockwise", "axis")
+        if shape[ax] % num_blocks:
+            raise ValueError(
+                f"blockwise: axis {axis} of shape={shape} (size {shape[ax]}) does not divide "
+                f"into num_blocks={num_blocks}"
+            )
+        block_shape = (*shape[:ax], shape[ax] // num_blocks, *shape[ax + 1 :])
+
+        def compute():
+            keys = jax.random.split(key, num_blocks)
+            blocks = jax.vmap(lambda k: init(k, block_shape, dtype))(keys)
+            return jnp.moveaxis(blocks, 0, ax).reshape(shape)
+
+        if math.prod(shape) == 0:
+            return init(key, shape, dtype, out_sharding)
+        return with_out_sharding(compute, out_sharding)
+
+    return apply
+
+
+def _check_initializer(init, name):
+    if not callable(init):
+        raise TypeError(f"{name}: init must be an initializer (a callable), got {init!r}")
+
+
+def _check_int(value, name, arg):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: {arg} must be an int, got {arg}={value!r}")
