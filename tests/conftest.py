@@ -1,12 +1,8 @@
-"""Test set-up: 8 simulated CPU devices, made before jax is first imported."""
+"""Test set-up. The 8 simulated CPU devices are configured in the root conftest.py,
+which pytest loads first, before jax is imported."""
 
 import os
 import sys
-
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # Shared test helpers live beside this file (`import _helpers`).
 sys.path.insert(0, os.path.dirname(__file__))
