@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 
 import jax
-import jax.numpy as jnp
 import jax.nn.initializers as jax_init
+import jax.numpy as jnp
 from _timing import compare, machine
 
 import flaxinit as fi
@@ -29,8 +29,11 @@ PAIRS = [
     ("he_uniform", fi.he_uniform(), jax_init.he_uniform()),
     ("lecun_normal", fi.lecun_normal(), jax_init.lecun_normal()),
     ("lecun_uniform", fi.lecun_uniform(), jax_init.lecun_uniform()),
-    ("variance_scaling(fan_geo_avg)", fi.variance_scaling(1.0, "fan_geo_avg", "normal"),
-     jax_init.variance_scaling(1.0, "fan_geo_avg", "normal")),
+    (
+        "variance_scaling(fan_geo_avg)",
+        fi.variance_scaling(1.0, "fan_geo_avg", "normal"),
+        jax_init.variance_scaling(1.0, "fan_geo_avg", "normal"),
+    ),
     ("zeros", fi.zeros, jax_init.zeros),
     ("constant(0.5)", fi.constant(0.5), jax_init.constant(0.5)),
 ]
@@ -51,8 +54,8 @@ def run(rows, sizes, repeats, number, dtype=jnp.float32):
                 lambda f=f_ours: f(key), lambda f=f_theirs: f(key), repeats=repeats, number=number
             )
             results.append((name, f"{n}x{n}", t_ours, t_theirs, ratio))
-            print(f"  {name:32s} {n:5d}^2  {t_ours * 1e3:9.2f} ms  {t_theirs * 1e3:9.2f} ms  {ratio:6.3f}",
-                  flush=True)
+            times = f"{t_ours * 1e3:9.2f} ms  {t_theirs * 1e3:9.2f} ms"
+            print(f"  {name:32s} {n:5d}^2  {times}  {ratio:6.3f}", flush=True)
     return results
 
 

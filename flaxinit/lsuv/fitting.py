@@ -1,0 +1,183 @@
+"""The per-layer fixed point of LSUV, as a pure function of one layer's output.
+
+A selected layer computes ``y = f(x; W) + b`` with ``f`` linear in ``W`` (Dense,
+DenseGeneral, Conv, ConvTranspose, Einsum, Embed). Scaling ``W`` by ``c`` therefore
+gives ``y(c) = c z + b`` with ``z = f(x; W)``: once ``z`` is known, every LSUV round
+(``W <- W sqrt(target / Var)``) is an elementwise rescale, never another forward
+pass. For the default pre-activation measurement it is cheaper still: with the
+centred moments ``a = Var(z)``, ``m = Cov(z, b)``, ``v = Var(b)`` of the output
+blob, ``Var(c z + b) = c^2 a + 2 c m + v``, so the ``lax.while_loop`` runs on
+scalars. Folding ``c`` into the kernel afterwards reproduces exactly the output the
+rest of the network already saw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+# Status codes carried through jit as int32 and decoded in the report.
+OK, NOT_CONVERGED, ZERO_VARIANCE, INFEASIBLE, NON_FINITE = 0, 1, 2, 3, 4
+STATUS_NAMES = {
+    OK: "ok",
+    NOT_CONVERGED: "not converged",
+    ZERO_VARIANCE: "zero variance: left unchanged",
+    INFEASIBLE: "target unreachable for the activation: left unchanged",
+    NON_FINITE: "non-finite output: left unchanged",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    """Static settings of the per-layer fit (hashable, fixed at trace time)."""
+
+    target_var: float
+    tol: float
+    max_iters: int
+    center: bool
+    activation: Callable[[jax.Array], jax.Array] | None
+    feasible: bool
+
+
+def _stats(y: jax.Array) -> tuple[jax.Array, jax.Array]:
+    # Variance over the whole output blob (batch, positions and channels), as the paper.
+    y = y.astype(jnp.float32)
+    mean = jnp.mean(y)
+    return mean, jnp.mean(jnp.square(y - mean))
+
+
+def fit_layer(z: jax.Array, bias: jax.Array | None, config: FitConfig) -> dict[str, jax.Array]:
+    """Finds the kernel scale ``c`` (and bias shift ``d``) for one layer.
+
+    Args:
+      z: the layer's output without its bias, ``f(x; W)``.
+      bias: the bias broadcast against ``z``'s trailing dims, or ``None``.
+      config: the fit's static settings.
+
+    Returns:
+      A dict of scalars: ``scale`` (multiply the kernel), ``shift`` (add to the bias),
+      ``var_before``, ``var_after``, ``rounds``, ``status``.
+    """
+    z = z.astype(jnp.float32)
+    b = jnp.zeros((), jnp.float32) if bias is None else bias.astype(jnp.float32)
+    target = jnp.float32(config.target_var)
+    tol = jnp.float32(config.tol)
+
+    if config.activation is None:
+        # Scalar loop on the centred moments of (z, b).
+        z_mean, z_var = _stats(z)
+        b_full = jnp.broadcast_to(b, z.shape)
+        b_mean, b_var = _stats(b_full)
+        cov = jnp.mean((z - z_mean) * (b_full - b_mean))
+
+        def variance(c, d):
+            return c * c * z_var + 2 * c * cov + b_var
+
+        def mean(c, d):
+            return c * z_mean + b_mean + d
+
+    else:
+        act = config.activation
+
+        def moments(c, d):
+            return _stats(act(c * z + b + d))
+
+        def variance(c, d):
+            return moments(c, d)[1]
+
+        def mean(c, d):
+            return moments(c, d)[0]
+
+    def centred(c, d):
+        # fastai's variant: move the (post-)activation mean to 0 through the bias.
+        if not config.center:
+            return d
+        if config.activation is None:
+            return -(c * z_mean + b_mean)
+        return d - mean(c, d)
+
+    def done(c, d, var, rounds):
+        bad = ~jnp.isfinite(var) | (var <= 0)
+        close = jnp.abs(var - target) < tol
+        if config.center:
+            close = close & (jnp.abs(mean(c, d)) < jnp.sqrt(tol))
+        return bad | close | (rounds >= config.max_iters)
+
+    def cond(carry):
+        c, d, var, rounds = carry
+        return ~done(c, d, var, rounds)
+
+    def body(carry):
+        c, d, var, rounds = carry
+        c = c * jnp.sqrt(target / var)
+        d = centred(c, d)
+        return c, d, variance(c, d), rounds + 1
+
+    one, zero = jnp.float32(1.0), jnp.float32(0.0)
+    var_before = variance(one, zero)
+    if not config.feasible:
+        status = jnp.int32(INFEASIBLE)
+        return _result(one, zero, var_before, var_before, jnp.int32(0), status)
+    d0 = centred(one, zero)
+    start = (one, d0, variance(one, d0), jnp.int32(0))
+    c, d, var, rounds = jax.lax.while_loop(cond, body, start)
+    converged = jnp.abs(var - target) < tol
+    status = jnp.where(converged, OK, NOT_CONVERGED)
+    status = jnp.where(var_before <= 0, ZERO_VARIANCE, status)
+    status = jnp.where(~jnp.isfinite(var) | ~jnp.isfinite(var_before), NON_FINITE, status)
+    keep = (status == ZERO_VARIANCE) | (status == NON_FINITE)
+    c = jnp.where(keep, one, c)
+    d = jnp.where(keep, zero, d)
+    var = jnp.where(keep, var_before, var)
+    rounds = jnp.where(keep, 0, rounds)
+    return _result(c, d, var_before, var, rounds, status.astype(jnp.int32))
+
+
+def _result(scale, shift, var_before, var_after, rounds, status):
+    return {
+        "scale": scale,
+        "shift": shift,
+        "var_before": var_before,
+        "var_after": var_after,
+        "rounds": rounds,
+        "status": status,
+    }
+
+
+def rescaled_output(
+    z: jax.Array, bias: jax.Array | None, fit: dict[str, jax.Array], dtype
+) -> jax.Array:
+    """The layer output the rest of the network sees once the fit is folded in."""
+    y = fit["scale"] * z.astype(jnp.float32) + fit["shift"]
+    if bias is not None:
+        y = y + bias.astype(jnp.float32)
+    return y.astype(dtype)
+
+
+# Supremum of the output variance of bounded activations: ((hi - lo) / 2)^2.
+_BOUNDED = {
+    "sigmoid": 0.25,
+    "tanh": 1.0,
+    "hard_tanh": 1.0,
+    "hard_sigmoid": 0.25,
+    "soft_sign": 1.0,
+    "softsign": 1.0,
+}
+
+
+def activation_variance_bound(activation: Callable | None, bounds=None) -> float:
+    """The largest output variance ``activation`` can produce (``inf`` if unbounded).
+
+    Known bounded activations are recognised by name (``jax.nn.sigmoid``,
+    ``jnp.tanh``, ``nn.hard_tanh``, ...); ``bounds=(lo, hi)`` states it for others.
+    """
+    if bounds is not None:
+        lo, hi = bounds
+        return ((float(hi) - float(lo)) / 2) ** 2
+    if activation is None:
+        return float("inf")
+    name = getattr(activation, "__name__", "")
+    return _BOUNDED.get(name, float("inf"))

@@ -1,0 +1,208 @@
+"""LSUV for ``flax.linen`` modules: ``nn.intercept_methods`` rescales each selected
+layer's output while the batch flows, and the scales are folded into the kernels."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.core import meta
+
+from flaxinit.lsuv.fitting import FitConfig, fit_layer, rescaled_output
+from flaxinit.lsuv.layers import LayerInfo, check_patterns_used, layer_key, make_selector
+
+DEFAULT_TYPES = (nn.Dense, nn.DenseGeneral, nn.Conv, nn.ConvTranspose, nn.Einsum)
+FIELDS = ("scale", "shift", "var_before", "var_after", "rounds", "status")
+_SOWN = "lsuv_"
+
+
+def _layout(module: nn.Module, kernel_shape: tuple[int, ...]):
+    ndim = len(kernel_shape)
+    if isinstance(module, nn.DenseGeneral):
+        features = module.features if isinstance(module.features, tuple) else (module.features,)
+        batch_dims = module.batch_dims
+        n_batch = 1 if isinstance(batch_dims, int) else len(batch_dims)
+        return tuple(range(n_batch)), tuple(range(ndim - len(features), ndim))
+    return (), (ndim - 1,)
+
+
+def _module_name(module: nn.Module) -> str:
+    return "/".join(module.path)
+
+
+def discover(model, variables, batch, call_kwargs, select) -> tuple[list[LayerInfo], list[str]]:
+    """Traces the model abstractly once; returns the selected layers in execution order
+    and every layer with a kernel (for error messages)."""
+    found: dict[str, LayerInfo] = {}
+    candidates: list[str] = []
+
+    def record(next_fun, args, kwargs, ctx):
+        module = ctx.module
+        if ctx.method_name == "__call__" and not module.is_initializing():
+            params = module.variables.get("params", {})
+            name = _module_name(module)
+            if "kernel" in params and name not in candidates:
+                candidates.append(name)
+            if name not in found and select(module, name):
+                if "kernel" not in params:
+                    raise ValueError(
+                        f"lsuv: selected module {name!r} ({type(module).__name__}) has no "
+                        "'kernel' parameter; LSUV rescales kernels of linear layers"
+                    )
+                kernel_shape = tuple(meta.unbox(params["kernel"]).shape)
+                batch_axes, out_axes = _layout(module, kernel_shape)
+                path = ("params", *module.path)
+                found[name] = LayerInfo(
+                    name=name,
+                    kind=type(module).__name__,
+                    kernel_path=(*path, "kernel"),
+                    bias_path=(*path, "bias") if "bias" in params else None,
+                    kernel_shape=kernel_shape,
+                    batch_axes=batch_axes,
+                    out_axes=out_axes,
+                )
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(
+            lambda v, x: model.apply(v, x, mutable=True, **call_kwargs), variables, batch
+        )
+    return list(found.values()), candidates
+
+
+def _get(tree: Mapping, path: tuple) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _set(tree: Mapping, path: tuple, value: Any) -> dict:
+    head, *rest = path
+    new = dict(tree)
+    new[head] = _set(tree[head], tuple(rest), value) if rest else value
+    return new
+
+
+def _update_leaf(tree, path, fn):
+    leaf = _get(tree, path)
+    if isinstance(leaf, meta.AxisMetadata):
+        return _set(tree, path, leaf.replace_boxed(fn(leaf.unbox())))
+    return _set(tree, path, fn(leaf))
+
+
+def _stack_ndim(info: LayerInfo, leaf: jax.Array) -> int:
+    stack = leaf.ndim - len(info.kernel_shape)
+    if stack < 0 or tuple(leaf.shape[stack:]) != info.kernel_shape:
+        raise ValueError(
+            f"lsuv: kernel of {info.name!r} has shape {tuple(leaf.shape)} in the tree but "
+            f"{info.kernel_shape} inside the layer; stacked layers must stack on leading axes"
+        )
+    return stack
+
+
+def measure_and_fit(
+    model, variables, batch, call_kwargs, layers: list[LayerInfo], config: FitConfig
+):
+    """One forward pass: each selected layer is fitted on its own output, in order."""
+    selected = {info.name for info in layers}
+
+    def intercept(next_fun, args, kwargs, ctx):
+        out = next_fun(*args, **kwargs)
+        module = ctx.module
+        if ctx.method_name != "__call__" or module.is_initializing():
+            return out
+        if _module_name(module) not in selected:
+            return out
+        bias = module.variables["params"].get("bias")
+        bias = None if bias is None else meta.unbox(bias)
+        if bias is not None and out.shape[out.ndim - bias.ndim :] != bias.shape:
+            # Bias laid out against non-trailing output axes (DenseGeneral batch dims,
+            # Einsum): the layer at a zero input is exactly its broadcast bias.
+            bias = next_fun(jnp.zeros_like(args[0]), *args[1:], **kwargs)
+        z = out if bias is None else out - bias
+        fit = fit_layer(z, bias, config)
+        for field in FIELDS:
+            module.sow("intermediates", _SOWN + field, fit[field])
+        return rescaled_output(z, bias, fit, out.dtype)
+
+    with nn.intercept_methods(intercept):
+        _, state = model.apply(variables, batch, mutable=True, **call_kwargs)
+    intermediates = state.get("intermediates", {})
+    fits = []
+    for info in layers:
+        try:
+            node = _get(intermediates, info.kernel_path[1:-1])
+            sown = {field: node[_SOWN + field] for field in FIELDS}
+        except KeyError:
+            raise ValueError(
+                f"lsuv: no measurement came back from {info.name!r}; if it sits inside nn.scan, "
+                "add 'intermediates': 0 to the scan's variable_axes"
+            ) from None
+        if len(sown["scale"]) != 1:
+            raise ValueError(
+                f"lsuv: module {info.name!r} ran {len(sown['scale'])} times in one forward pass "
+                "(shared weights); LSUV scales each kernel once: leave it out with layers="
+            )
+        fits.append({field: values[0] for field, values in sown.items()})
+    return fits
+
+
+def fold(variables, layers: list[LayerInfo], fits) -> dict:
+    """Multiplies each kernel by its scale (per slice when stacked) and shifts biases."""
+    for info, fit in zip(layers, fits, strict=True):
+        kernel = meta.unbox(_get(variables, info.kernel_path))
+        stack = _stack_ndim(info, kernel)
+
+        def expand(x, ndim, stack=stack):
+            return jnp.reshape(x, x.shape + (1,) * (ndim - stack))
+
+        variables = _update_leaf(
+            variables,
+            info.kernel_path,
+            lambda k, s=fit["scale"]: (k * expand(s, k.ndim).astype(k.dtype)).astype(k.dtype),
+        )
+        if info.bias_path is not None:
+            variables = _update_leaf(
+                variables,
+                info.bias_path,
+                lambda b, d=fit["shift"]: (b + expand(d, b.ndim).astype(b.dtype)).astype(b.dtype),
+            )
+    return variables
+
+
+def pre_initialize(variables, layers: list[LayerInfo], key, pre_init) -> dict:
+    """Replaces each selected kernel by ``pre_init`` (orthonormal by default)."""
+    for info in layers:
+        leaf = meta.unbox(_get(variables, info.kernel_path))
+        _stack_ndim(info, leaf)
+        variables = _update_leaf(
+            variables, info.kernel_path, lambda k, i=info: pre_init(layer_key(key, i), i, k)
+        )
+    return variables
+
+
+def build_program(model, variables, batch, *, layers, config, pre_init, call_kwargs):
+    """Finds the layers once and returns ``(jitted program, layer infos)``.
+
+    The program maps ``(variables, batch, key)`` to ``(new_variables, fits)``.
+    """
+    select, patterns = make_selector(layers, DEFAULT_TYPES)
+    infos, candidates = discover(model, variables, batch, call_kwargs, select)
+    check_patterns_used(patterns, candidates)
+    if not infos:
+        raise ValueError(
+            f"lsuv: no layer selected; layers with a kernel: {candidates[:10]} "
+            "(default selection: Dense, DenseGeneral, Conv, ConvTranspose, Einsum)"
+        )
+    variables = dict(variables)
+
+    def program(variables, batch, key):
+        if pre_init is not None:
+            variables = pre_initialize(variables, infos, key, pre_init)
+        fits = measure_and_fit(model, variables, batch, call_kwargs, infos, config)
+        return fold(variables, infos, fits), fits
+
+    return jax.jit(program), infos

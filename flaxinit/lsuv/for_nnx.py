@@ -1,0 +1,210 @@
+"""LSUV for ``flax.nnx`` modules.
+
+NNX has no method interceptor, so for the duration of one trace the ``__call__`` of
+the selected layer classes is wrapped (as ``nnx.capture(method_outputs=...)`` does):
+a marked instance fits and rescales its own output and sows the result, which
+``nnx.capture`` collects, stacked per layer through ``nnx.scan``/``nnx.vmap``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from flaxinit.lsuv.fitting import FitConfig, fit_layer, rescaled_output
+from flaxinit.lsuv.layers import LayerInfo, check_patterns_used, layer_key, make_selector
+
+DEFAULT_TYPES = (nnx.Linear, nnx.LinearGeneral, nnx.Conv, nnx.ConvTranspose, nnx.Einsum)
+FIELDS = ("scale", "shift", "var_before", "var_after", "rounds", "status")
+_MARK = "_flaxinit_lsuv"
+_SOWN = "lsuv_"
+_PATCH_LOCK = threading.Lock()
+
+
+def _as_tuple(x) -> tuple:
+    if x is None:
+        return ()
+    if isinstance(x, int):
+        return (x,)
+    if isinstance(x, dict):
+        return tuple(x)
+    return tuple(x)
+
+
+def _per_layer_ndim(module) -> int | None:
+    if isinstance(module, nnx.Linear):
+        return 2
+    if isinstance(module, (nnx.Conv, nnx.ConvTranspose)):
+        return len(_as_tuple(module.kernel_size)) + 2
+    if isinstance(module, nnx.LinearGeneral):
+        batch = _as_tuple(getattr(module, "batch_axis", None))
+        return len(batch) + len(_as_tuple(module.in_features)) + len(_as_tuple(module.out_features))
+    if isinstance(module, nnx.Einsum):
+        return len(module.kernel_shape)
+    return None
+
+
+def _layout(module, ndim: int):
+    if isinstance(module, nnx.LinearGeneral):
+        n_batch = len(_as_tuple(getattr(module, "batch_axis", None)))
+        n_out = len(_as_tuple(module.out_features))
+        return tuple(range(n_batch)), tuple(range(ndim - n_out, ndim))
+    return (), (ndim - 1,)
+
+
+def _module_at(root, path):
+    for part in path:
+        root = root[part] if isinstance(part, int) else getattr(root, part)
+    return root
+
+
+def discover(model, select) -> tuple[list[tuple[tuple, Any, LayerInfo]], list[str]]:
+    """The selected layers (path, module, info) and every layer with a kernel."""
+    selected, candidates = [], []
+    for path, module in nnx.iter_modules(model):
+        name = "/".join(map(str, path))
+        kernel = getattr(module, "kernel", None)
+        if isinstance(kernel, nnx.Variable):
+            candidates.append(name)
+        if not select(module, name):
+            continue
+        if not isinstance(kernel, nnx.Variable):
+            raise ValueError(
+                f"lsuv: selected module {name!r} ({type(module).__name__}) has no kernel "
+                "Param; LSUV rescales kernels of linear layers"
+            )
+        shape = tuple(kernel[...].shape)
+        per = _per_layer_ndim(module) or len(shape)
+        kernel_shape = shape[len(shape) - per :]
+        batch_axes, out_axes = _layout(module, len(kernel_shape))
+        bias = getattr(module, "bias", None)
+        info = LayerInfo(
+            name=name,
+            kind=type(module).__name__,
+            kernel_path=(*path, "kernel"),
+            bias_path=(*path, "bias") if isinstance(bias, nnx.Variable) else None,
+            kernel_shape=kernel_shape,
+            batch_axes=batch_axes,
+            out_axes=out_axes,
+        )
+        selected.append((path, module, info))
+    return selected, candidates
+
+
+def _fitting_call(original, config: FitConfig, order: list[str]):
+    def __call__(self, inputs, *args, **kwargs):
+        out = original(self, inputs, *args, **kwargs)
+        name = getattr(self, _MARK, None)
+        if name is None:
+            return out
+        if name not in order:
+            order.append(name)
+        bias = getattr(self, "bias", None)
+        bias = bias[...] if isinstance(bias, nnx.Variable) else None
+        if bias is not None and out.shape[out.ndim - bias.ndim :] != bias.shape:
+            # The layer at a zero input is exactly its broadcast bias.
+            bias = original(self, jnp.zeros_like(inputs), *args, **kwargs)
+        z = out if bias is None else out - bias
+        fit = fit_layer(z, bias, config)
+        for field in FIELDS:
+            self.sow(nnx.Intermediate, _SOWN + field, fit[field])
+        return rescaled_output(z, bias, fit, out.dtype)
+
+    return __call__
+
+
+@contextlib.contextmanager
+def _patched(classes, config, order):
+    """Wraps ``__call__`` of ``classes`` for the duration of one trace."""
+    with _PATCH_LOCK:
+        originals = {cls: (cls.__dict__.get("__call__"), cls.__call__) for cls in classes}
+        try:
+            for cls, (_, original) in originals.items():
+                cls.__call__ = _fitting_call(original, config, order)
+            yield
+        finally:
+            for cls, (own, _) in originals.items():
+                if own is None:
+                    del cls.__call__
+                else:
+                    cls.__call__ = own
+
+
+def _unwrap(value):
+    value = value.get_value() if isinstance(value, nnx.Variable) else value
+    return value
+
+
+def build_program(model, *, layers, config, pre_init, call_kwargs):
+    """Marks the selected layers and returns ``(program, infos, marked modules)``.
+
+    ``program(graphdef, state, batch, key)`` returns ``(new param state, fits)``.
+    """
+    select, patterns = make_selector(layers, DEFAULT_TYPES)
+    selected, candidates = discover(model, select)
+    check_patterns_used(patterns, candidates)
+    if not selected:
+        raise ValueError(
+            f"lsuv: no layer selected; layers with a kernel: {candidates[:10]} "
+            "(default selection: Linear, LinearGeneral, Conv, ConvTranspose, Einsum)"
+        )
+    infos = [info for _, _, info in selected]
+    classes = {type(module) for _, module, _ in selected}
+    order: list[str] = []
+
+    def program(graphdef, state, batch, key):
+        module = nnx.merge(graphdef, state)
+        for path, _, info in selected:
+            layer = _module_at(module, path)
+            if pre_init is not None:
+                layer.kernel[...] = pre_init(layer_key(key, info), info, layer.kernel[...])
+        with _patched(classes, config, order):
+            _, sown = nnx.capture(lambda m, x: m(x, **call_kwargs), nnx.Intermediate)(module, batch)
+        sown = nnx.to_pure_dict(sown)
+        fits = []
+        for path, _, info in selected:
+            try:
+                node = sown
+                for part in path:
+                    node = node[part]
+                values = {field: _unwrap(node[_SOWN + field]) for field in FIELDS}
+            except (KeyError, IndexError, TypeError):
+                raise ValueError(f"lsuv: layer {info.name!r} was not called by the model") from None
+            if len(values["scale"]) != 1:
+                raise ValueError(
+                    f"lsuv: module {info.name!r} ran {len(values['scale'])} times in one forward "
+                    "pass (shared weights); LSUV scales each kernel once: leave it out with layers="
+                )
+            fit = {field: v[0] for field, v in values.items()}
+            fits.append(fit)
+            layer = _module_at(module, path)
+            kernel = layer.kernel[...]
+            stack = kernel.ndim - len(info.kernel_shape)
+            scale = jnp.reshape(fit["scale"], fit["scale"].shape + (1,) * (kernel.ndim - stack))
+            layer.kernel[...] = (kernel * scale.astype(kernel.dtype)).astype(kernel.dtype)
+            if info.bias_path is not None:
+                bias = layer.bias[...]
+                shift = jnp.reshape(fit["shift"], fit["shift"].shape + (1,) * (bias.ndim - stack))
+                layer.bias[...] = (bias + shift.astype(bias.dtype)).astype(bias.dtype)
+        return nnx.state(module, nnx.Param), fits
+
+    marked = [module for _, module, _ in selected]
+    return jax.jit(program, static_argnums=0), infos, marked, order
+
+
+@contextlib.contextmanager
+def marked(modules, infos):
+    """Marks the selected instances (a static attribute) while LSUV runs."""
+    try:
+        for module, info in zip(modules, infos, strict=True):
+            setattr(module, _MARK, info.name)
+        yield
+    finally:
+        for module in modules:
+            if _MARK in vars(module):
+                delattr(module, _MARK)

@@ -1,0 +1,609 @@
+"""Rule actions: what a rule does to the leaves its pattern matches.
+
+An action is called as ``action(key, leaf, ctx) -> new_leaf`` with the leaf's
+per-rule key, the unboxed array and a :class:`RuleContext`. The built-in actions
+are small frozen dataclasses with readable ``repr``s (shown by ``explain_rules``):
+
+* ``reinit(init, in_axis=..., out_axis=..., batch_axis=...)``: re-draw the leaf;
+  a bare initializer ``(key, shape, dtype)`` as an action means ``reinit(init)``.
+* ``scale(factor)``: multiply by a number or by ``factor(ctx)``.
+* ``fill(value)``: set every element to ``value`` (or ``value(ctx)``).
+* ``at[index](action)`` / ``at(index, action)``: act on a slice of the leaf.
+* ``per_layer(action, axis=0)``: run the action per slice of a stacked leaf.
+* any callable ``(key, leaf, ctx) -> leaf``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import math
+import numbers
+import types
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flaxinit.initializers import compute_fans
+
+__all__ = [
+    "Action",
+    "RuleContext",
+    "at",
+    "fill",
+    "per_layer",
+    "reinit",
+    "scale",
+    "to_action",
+]
+
+
+# --------------------------------------------------------------------------- context
+
+
+def leaf_fans(shape: Sequence[int]) -> tuple[int | None, int | None]:
+    """``compute_fans`` with Flax's default axes; ``(None, None)`` below 2 dims."""
+    if len(shape) < 2:
+        return None, None
+    return compute_fans(tuple(shape))
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleContext:
+    """What a callable action or a ``scale``/``fill`` function knows about its leaf.
+
+    Every entry of ``apply_rules(..., context={...})`` is also readable as an
+    attribute (``ctx.d_model``) or by subscript (``ctx["d_model"]``).
+
+    Attributes:
+      path: the leaf's path, keys joined by ``/`` (``params/h_3/attn/c_proj/kernel``).
+      shape: the shape the action sees: one layer's slice for a stacked leaf, the
+        sub-array inside ``at``.
+      dtype: the leaf's dtype.
+      fan_in: ``compute_fans(shape)[0]`` with Flax's default axes, or None below 2-D.
+      fan_out: ``compute_fans(shape)[1]``, or None below 2-D.
+      layer: the layer index: the slice index of a stacked leaf, else the index read
+        from the path (``layers_3``, ``h_3``, ``blocks/3``), else None.
+      num_layers: ``context['num_layers']`` when given; else the stack's length for
+        a stacked leaf; else ``1 + max index`` of the leaf's own stack
+        (``params/layers_*``); else the largest such count in the tree; else None.
+      stacked: whether the action runs on one slice of a stacked leaf.
+      extra: the user's ``context`` entries.
+    """
+
+    path: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fan_in: int | None
+    fan_out: int | None
+    layer: int | None
+    num_layers: int | None
+    stacked: bool = False
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are not fields: look in the user's context.
+        if name.startswith("__"):
+            raise AttributeError(name)
+        try:
+            extra = object.__getattribute__(self, "extra")
+        except AttributeError:
+            raise AttributeError(name) from None
+        if name in extra:
+            return extra[name]
+        raise AttributeError(
+            f"RuleContext has no attribute {name!r}; context entries: {sorted(extra)}"
+        )
+
+    def __getitem__(self, name: str) -> Any:
+        return getattr(self, name)
+
+    def replace(self, **changes: Any) -> RuleContext:
+        """A copy with ``changes``; a new ``shape`` also recomputes the fans."""
+        if "shape" in changes and "fan_in" not in changes:
+            changes["fan_in"], changes["fan_out"] = leaf_fans(changes["shape"])
+        return dataclasses.replace(self, **changes)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+_GENERIC_NAMES = {"init", "apply", "initializer", "_init", "fn"}
+
+
+def describe(fn: Any) -> str:
+    """A short readable name for an initializer or a callable."""
+    if isinstance(fn, Action):
+        return repr(fn)
+    if isinstance(fn, functools.partial):
+        return f"partial({describe(fn.func)})"
+    is_fn = isinstance(fn, (types.FunctionType, types.BuiltinFunctionType, types.MethodType))
+    if not is_fn and type(fn).__repr__ is not object.__repr__:
+        return repr(fn)
+    name = getattr(fn, "__name__", None)
+    qualname = getattr(fn, "__qualname__", None) or ""
+    if not name:
+        return repr(fn)
+    # A factory's generic closure (`normal.<locals>.init`) is named after the factory.
+    if name in _GENERIC_NAMES and ".<locals>." in qualname:
+        return qualname.split(".<locals>.")[-2].split(".")[-1]
+    return name
+
+
+def _format_index(index: Any) -> str:
+    items = index if isinstance(index, tuple) else (index,)
+    out = []
+    for it in items:
+        if it is Ellipsis:
+            out.append("...")
+        elif isinstance(it, slice):
+            parts = ["" if v is None else str(v) for v in (it.start, it.stop, it.step)]
+            out.append(":".join(parts[:2]) + (f":{parts[2]}" if it.step is not None else ""))
+        elif callable(it):
+            out.append(describe(it))
+        else:
+            out.append(repr(it))
+    return ", ".join(out)
+
+
+def check_result(path: str, what: str, old: Any, new: Any) -> jax.Array:
+    """Returns ``new`` as an array, or raises if it changed ``old``'s shape or dtype."""
+    new = jnp.asarray(new)
+    if tuple(new.shape) != tuple(old.shape) or new.dtype != old.dtype:
+        raise ValueError(
+            f"{what} changed the leaf at {path!r}: shape {tuple(old.shape)} -> "
+            f"{tuple(new.shape)}, dtype {np.dtype(old.dtype)} -> {np.dtype(new.dtype)} "
+            "(actions must keep the shape and dtype of the leaf)"
+        )
+    return new
+
+
+def _is_concrete(x: Any) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _check_finite_factor(value: Any, where: str) -> None:
+    if not _is_concrete(value):
+        return
+    arr = np.asarray(value)
+    if np.issubdtype(arr.dtype, np.number) and not np.all(np.isfinite(arr)):
+        raise ValueError(f"scale: the factor must be finite, got {value!r} ({where})")
+
+
+def vmap_matches_loop(keys: Any) -> bool:
+    """Whether ``vmap`` over ``keys`` draws what a loop over them draws.
+
+    True for threefry (jax's default); rbg draws differently under vmap, so stacked
+    re-draws fall back to a Python loop there to keep per-layer values exact.
+    """
+    if keys is None:
+        return True
+    if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+        impl = str(jax.random.key_impl(keys))
+    else:
+        impl = str(jax.config.jax_default_prng_impl)
+    return impl.startswith("threefry")
+
+
+# --------------------------------------------------------------------------- actions
+
+
+class Action:
+    """Base class of the built-in actions.
+
+    ``__call__(key, leaf, ctx)`` acts on one (unstacked) leaf. ``call_stacked(keys,
+    leaf, ctxs)`` acts on a stacked leaf whose layer axis is 0, with one key and one
+    context per layer; the default loops over slices at trace time (so callables
+    get concrete ``ctx.layer`` ints) and stacks the results, and subclasses
+    vectorize where the result does not depend on the layer.
+    """
+
+    needs_key: bool = False
+
+    def __call__(self, key: Any, leaf: jax.Array, ctx: RuleContext) -> jax.Array:
+        raise NotImplementedError
+
+    def call_stacked(self, keys: Any, leaf: jax.Array, ctxs: Sequence[RuleContext]) -> jax.Array:
+        outs = []
+        for i, ctx in enumerate(ctxs):
+            k = None if keys is None else keys[i]
+            outs.append(
+                check_result(ctx.path, f"{self!r} on layer {i}", leaf[i], self(k, leaf[i], ctx))
+            )
+        return jnp.stack(outs)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Reinit(Action):
+    """Re-draws the leaf with an initializer; see :func:`reinit`."""
+
+    init: Callable[..., jax.Array]
+    in_axis: int | tuple[int, ...] | None = None
+    out_axis: int | tuple[int, ...] | None = None
+    batch_axis: int | tuple[int, ...] | None = None
+    name: str | None = None
+    needs_key = True
+
+    def __repr__(self) -> str:
+        args = [self.name or describe(self.init)]
+        for field in ("in_axis", "out_axis", "batch_axis"):
+            value = getattr(self, field)
+            if value is not None:
+                args.append(f"{field}={value!r}")
+        return f"reinit({', '.join(args)})"
+
+    @property
+    def _has_axes(self) -> bool:
+        return any(a is not None for a in (self.in_axis, self.out_axis, self.batch_axis))
+
+    def _draw(self, key: Any, shape: tuple[int, ...], dtype: Any) -> jax.Array:
+        if not self._has_axes:
+            return self.init(key, shape, dtype)
+        ins = -2 if self.in_axis is None else self.in_axis
+        outs = -1 if self.out_axis is None else self.out_axis
+        batch = () if self.batch_axis is None else self.batch_axis
+        compute_fans(shape, ins, outs, batch)  # validates the axes for this shape
+        nd = len(shape)
+        norm = lambda a: tuple(x % nd for x in ((a,) if isinstance(a, int) else a))
+        ins, outs, batch = norm(ins), norm(outs), norm(batch)
+        receptive = tuple(a for a in range(nd) if a not in (*ins, *outs, *batch))
+        perm = (*batch, *receptive, *ins, *outs)
+        # Draw the leaf as the matrix-like (*receptive, prod(in), prod(out)) shape that
+        # Flax's DenseGeneral hands its kernel_init, then put the axes back: fans and
+        # orthogonality then refer to the declared in/out axes.
+        draw_shape = (
+            *(shape[a] for a in receptive),
+            math.prod(shape[a] for a in ins),
+            math.prod(shape[a] for a in outs),
+        )
+        n_batch = math.prod(shape[a] for a in batch)
+        if batch:
+            keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(
+                jnp.arange(n_batch, dtype=jnp.uint32)
+            )
+            drawn = jax.vmap(lambda k: self.init(k, draw_shape, dtype))(keys)
+        else:
+            drawn = self.init(key, draw_shape, dtype)
+        drawn = jnp.reshape(drawn, tuple(shape[a] for a in perm))
+        return jnp.transpose(drawn, np.argsort(perm))
+
+    def __call__(self, key: Any, leaf: jax.Array, ctx: RuleContext) -> jax.Array:
+        if key is None:
+            raise ValueError(f"{self!r} at {ctx.path!r} draws random values: pass key=")
+        return self._draw(key, tuple(leaf.shape), leaf.dtype)
+
+    def call_stacked(self, keys: Any, leaf: jax.Array, ctxs: Sequence[RuleContext]) -> jax.Array:
+        if keys is None:
+            raise ValueError(f"{self!r} at {ctxs[0].path!r} draws random values: pass key=")
+        if not vmap_matches_loop(keys):
+            return super().call_stacked(keys, leaf, ctxs)
+        shape = tuple(leaf.shape[1:])
+        return jax.vmap(lambda k: self._draw(k, shape, leaf.dtype))(keys)
+
+
+def reinit(
+    init: Callable[..., jax.Array],
+    *,
+    in_axis: int | Sequence[int] | None = None,
+    out_axis: int | Sequence[int] | None = None,
+    batch_axis: int | Sequence[int] | None = None,
+    name: str | None = None,
+) -> Action:
+    """Re-draws the leaf with ``init(key, shape, dtype)``, keeping shape and dtype.
+
+    Without axes the initializer sees the leaf's shape and computes its own fans
+    (Flax's ``(..., in, out)`` layout). With ``in_axis``/``out_axis``/``batch_axis``
+    (for attention kernels ``(in, heads, head_dim)`` and ``(heads, head_dim, out)``)
+    the leaf is drawn as the shape ``(*receptive, prod(in), prod(out))`` -- what
+    Flax's ``DenseGeneral`` gives its ``kernel_init`` -- once per ``batch_axis``
+    index, and reshaped back; so fans, orthogonality and the values all refer to the
+    declared axes, for any initializer.
+
+    Args:
+      init: an initializer ``(key, shape, dtype) -> array``.
+      in_axis: the input axis or axes (default ``-2`` when other axes are given).
+      out_axis: the output axis or axes (default ``-1``).
+      batch_axis: axes of independent weights (one draw each).
+      name: a name for reports (default: the initializer's).
+
+    Example:
+      >>> from flaxinit.initializers import he_normal, lecun_normal
+      >>> rules = [("Conv_*/kernel", reinit(he_normal())),
+      ...          ("attn/query/kernel", reinit(lecun_normal(), in_axis=0, out_axis=(1, 2)))]
+    """
+    if not callable(init):
+        raise TypeError(f"reinit: init must be an initializer (a callable), got {init!r}")
+
+    def norm(value: Any, arg: str) -> int | tuple[int, ...] | None:
+        if value is None:
+            return None
+        items = (value,) if isinstance(value, numbers.Integral) else value
+        try:
+            items = tuple(items)
+        except TypeError:
+            raise TypeError(
+                f"reinit: {arg} must be an int or a sequence of ints, got {value!r}"
+            ) from None
+        if any(isinstance(a, bool) or not isinstance(a, numbers.Integral) for a in items):
+            raise TypeError(f"reinit: {arg} must be an int or a sequence of ints, got {value!r}")
+        return int(value) if isinstance(value, numbers.Integral) else tuple(int(a) for a in items)
+
+    return Reinit(
+        init,
+        norm(in_axis, "in_axis"),
+        norm(out_axis, "out_axis"),
+        norm(batch_axis, "batch_axis"),
+        name,
+    )
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Scale(Action):
+    """Multiplies the leaf by a factor; see :func:`scale`."""
+
+    factor: float | Callable[[RuleContext], Any]
+
+    def __repr__(self) -> str:
+        if callable(self.factor):
+            return f"scale({describe(self.factor)})"
+        return f"scale({self.factor!r})"
+
+    def _factor(self, ctx: RuleContext) -> Any:
+        if not callable(self.factor):
+            return self.factor
+        value = self.factor(ctx)
+        _check_finite_factor(value, f"{describe(self.factor)}(ctx) at {ctx.path!r}")
+        return value
+
+    @staticmethod
+    def _check_dtype(leaf: jax.Array, ctx: RuleContext) -> None:
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            raise TypeError(
+                f"scale: the leaf at {ctx.path!r} has dtype {np.dtype(leaf.dtype)}; "
+                "scaling needs a floating or complex leaf"
+            )
+
+    def __call__(self, key: Any, leaf: jax.Array, ctx: RuleContext) -> jax.Array:
+        self._check_dtype(leaf, ctx)
+        # The factor is cast to the leaf's dtype first, so the product is one
+        # rounding in that dtype, the same for a whole stack or one layer.
+        return leaf * jnp.asarray(self._factor(ctx), leaf.dtype)
+
+    def call_stacked(self, keys: Any, leaf: jax.Array, ctxs: Sequence[RuleContext]) -> jax.Array:
+        self._check_dtype(leaf, ctxs[0])
+        if not callable(self.factor):
+            return self(None, leaf, ctxs[0])
+        factors = jnp.stack([jnp.asarray(self._factor(c), leaf.dtype) for c in ctxs])
+        if factors.ndim != 1:
+            return super().call_stacked(keys, leaf, ctxs)
+        return leaf * factors.reshape((-1,) + (1,) * (leaf.ndim - 1))
+
+
+def scale(factor: float | Callable[[RuleContext], Any]) -> Action:
+    """Multiplies the leaf by ``factor``: a finite number, or ``factor(ctx)``.
+
+    A NaN or infinite number raises when the rule is built; a function's result
+    is checked at trace time when it is concrete. The product is computed in the
+    leaf's dtype.
+
+    Example:
+      >>> import math
+      >>> rules = [("*/attn/out/kernel",
+      ...           scale(lambda ctx: 1 / math.sqrt(2 * ctx.num_layers)))]
+    """
+    if callable(factor):
+        return Scale(factor)
+    if isinstance(factor, bool) or not isinstance(
+        factor, (numbers.Number, np.generic, np.ndarray, jax.Array)
+    ):
+        raise TypeError(f"scale: factor must be a number or a function of ctx, got {factor!r}")
+    if np.ndim(factor) != 0:
+        raise TypeError(f"scale: factor must be a scalar, got shape {np.shape(factor)}")
+    _check_finite_factor(factor, "when building the rule")
+    if not _is_concrete(factor):
+        return Scale(factor)
+    return Scale(np.asarray(factor).item())
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Fill(Action):
+    """Sets the leaf to a constant; see :func:`fill`."""
+
+    value: Any
+
+    def __repr__(self) -> str:
+        if callable(self.value):
+            return f"fill({describe(self.value)})"
+        if isinstance(self.value, (numbers.Number, np.generic)):
+            return f"fill({self.value!r})"
+        return f"fill(<array {np.shape(self.value)}>)"
+
+    def _fill(self, value: Any, leaf: jax.Array, ctx: RuleContext) -> jax.Array:
+        value = jnp.asarray(value, leaf.dtype)
+        try:
+            return jnp.broadcast_to(value, leaf.shape)
+        except ValueError:
+            raise ValueError(
+                f"{self!r}: a value of shape {value.shape} does not broadcast to the leaf "
+                f"at {ctx.path!r} of shape {tuple(leaf.shape)}"
+            ) from None
+
+    def __call__(self, key: Any, leaf: jax.Array, ctx: RuleContext) -> jax.Array:
+        value = self.value(ctx) if callable(self.value) else self.value
+        return self._fill(value, leaf, ctx)
+
+    def call_stacked(self, keys: Any, leaf: jax.Array, ctxs: Sequence[RuleContext]) -> jax.Array:
+        if callable(self.value):
+            return super().call_stacked(keys, leaf, ctxs)
+        return self._fill(self.value, leaf, ctxs[0])
+
+
+def fill(value: Any) -> Action:
+    """Sets every element of the leaf to ``value`` (a number, an array broadcastable
+    to the leaf, or ``value(ctx)``), in the leaf's dtype.
+
+    Example:
+      >>> rules = [("*/hf/bias", fill(1.0)), ("block_*/norm2/scale", fill(0.0))]
+    """
+    if not callable(value):
+        try:
+            np.asarray(value)
+        except Exception as e:
+            raise TypeError(f"fill: value must be a number or an array, got {value!r}") from e
+    return Fill(value)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class At(Action):
+    """Applies an action to ``leaf[index]``; see :data:`at`."""
+
+    index: Any
+    action: Action
+
+    @property
+    def needs_key(self) -> bool:  # type: ignore[override]
+        return self.action.needs_key
+
+    def __repr__(self) -> str:
+        return f"at[{_format_index(self.index)}]({self.action!r})"
+
+    def _index(self, ctx: RuleContext) -> Any:
+        return self.index(ctx) if callable(self.index) else self.index
+
+    def __call__(self, key: Any, leaf: jax.Array, ctx: RuleContext) -> jax.Array:
+        index = self._index(ctx)
+        sub = leaf[index]
+        new = self.action(key, sub, ctx.replace(shape=tuple(sub.shape)))
+        new = check_result(ctx.path, f"{self!r} at index [{_format_index(index)}]", sub, new)
+        return leaf.at[index].set(new)
+
+    def call_stacked(self, keys: Any, leaf: jax.Array, ctxs: Sequence[RuleContext]) -> jax.Array:
+        if callable(self.index):
+            return super().call_stacked(keys, leaf, ctxs)
+        index = self.index if isinstance(self.index, tuple) else (self.index,)
+        full = (slice(None), *index)  # the index addresses one layer's slice
+        sub = leaf[full]
+        sub_ctxs = [c.replace(shape=tuple(sub.shape[1:])) for c in ctxs]
+        new = self.action.call_stacked(keys, sub, sub_ctxs)
+        new = check_result(ctxs[0].path, f"{self!r}", sub, new)
+        return leaf.at[full].set(new)
+
+
+class _AtFactory:
+    """``at(index, action)`` or ``at[index](action)``: act on ``leaf[index]``.
+
+    ``index`` is any numpy-style index of one layer's leaf (``(..., slice(8, 16))``),
+    or a function of ``ctx`` returning one, for sizes read from the shape. The
+    action sees the sub-array's shape (and its fans) in ``ctx.shape``.
+
+    Example:
+      >>> # The forget gate of NNX's fused OptimizedLSTMCell bias (gates i, f, g, o).
+      >>> forget = lambda ctx: (..., slice(ctx.shape[-1] // 4, ctx.shape[-1] // 2))
+      >>> rules = [("*/dense_h/bias", at(forget, fill(1.0))),
+      ...          ("*/dense_h/bias", at[..., 8:16](fill(1.0)))]
+    """
+
+    def __call__(self, index: Any, action: Any) -> Action:
+        return At(index, to_action(action))
+
+    def __getitem__(self, index: Any) -> Callable[[Any], Action]:
+        return lambda action: At(index, to_action(action))
+
+    def __repr__(self) -> str:
+        return "at"
+
+
+at = _AtFactory()
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class PerLayer(Action):
+    """Marks an action as per-layer on a stacked leaf; see :func:`per_layer`."""
+
+    action: Action
+    axis: int | None = 0
+
+    @property
+    def needs_key(self) -> bool:  # type: ignore[override]
+        return self.action.needs_key
+
+    def __repr__(self) -> str:
+        if self.axis is None:
+            return f"per_layer({self.action!r}, axis=None)"
+        suffix = "" if self.axis == 0 else f", axis={self.axis}"
+        return f"per_layer({self.action!r}{suffix})"
+
+    def __call__(self, key: Any, leaf: jax.Array, ctx: RuleContext) -> jax.Array:
+        return self.action(key, leaf, ctx)
+
+
+def per_layer(action: Any, axis: int | None = 0) -> Action:
+    """Runs ``action`` once per slice of ``axis``, a stacked-layer axis.
+
+    Leaves whose partition names contain ``'layers'`` (``nn.scan`` with
+    ``metadata_params={nn.PARTITION_NAME: 'layers'}``, ``nnx.vmap`` with
+    ``transform_metadata={nnx.PARTITION_NAME: 'layers'}``) are stacked already;
+    ``per_layer`` declares it for unannotated stacks, and ``axis=None`` turns it off.
+    A leaf whose path carries a layer index (``layers_3/...``, ``blocks/3/...``) is
+    one layer already and gets ``action`` as is, so the same rules serve a stacked
+    and an unrolled model.
+    Slice ``i`` gets ``ctx.layer == i``, its own shape for fans, and the key the
+    same layer gets in an unrolled model, so it gets the same values.
+
+    Example:
+      >>> from flaxinit.initializers import normal
+      >>> rules = [("/params/layers/**/kernel", per_layer(reinit(normal(0.02))))]
+    """
+    if axis is not None and (isinstance(axis, bool) or not isinstance(axis, numbers.Integral)):
+        raise TypeError(f"per_layer: axis must be an int or None, got {axis!r}")
+    return PerLayer(to_action(action), None if axis is None else int(axis))
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Call(Action):
+    """A user callable ``(key, leaf, ctx) -> leaf`` as an action."""
+
+    fn: Callable[[Any, jax.Array, RuleContext], Any]
+    needs_key = True
+
+    def __repr__(self) -> str:
+        return describe(self.fn)
+
+    def __call__(self, key: Any, leaf: jax.Array, ctx: RuleContext) -> jax.Array:
+        return self.fn(key, leaf, ctx)
+
+
+def _is_initializer(fn: Any) -> bool:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False
+    positional = [
+        p
+        for p in sig.parameters.values()
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    return len(positional) >= 2 and positional[1].name == "shape"
+
+
+def to_action(obj: Any) -> Action:
+    """Turns a rule's right-hand side into an :class:`Action`.
+
+    An :class:`Action` is kept; an initializer (a callable whose second parameter
+    is named ``shape``, as in ``jax.nn.initializers`` and ``flaxinit.initializers``)
+    becomes ``reinit(obj)``; any other callable is called as ``(key, leaf, ctx)``.
+    """
+    if isinstance(obj, Action):
+        return obj
+    if not callable(obj):
+        raise TypeError(
+            "an action must be an initializer, a flaxinit.rules action "
+            f"(reinit/scale/fill/at/per_layer) or a callable (key, leaf, ctx), got {obj!r}"
+        )
+    if _is_initializer(obj):
+        return Reinit(obj)
+    return Call(obj)

@@ -1,0 +1,669 @@
+"""``apply_rules`` and ``explain_rules``: a static plan from paths, then array work.
+
+Matching happens once, in Python, on static paths (at trace time under ``jax.jit``):
+the plan maps each leaf to the rules that hit it, in list order. Running the plan
+is then only array operations, so the compiled program holds no path logic and
+the same key and tree give bitwise the same result, jitted or not.
+
+Keys. With ``k = key``, ``h(s) = zlib.crc32(s.encode())`` (a stable 32-bit hash;
+never Python's salted ``hash``) and ``fold = jax.random.fold_in``:
+
+* a leaf without a layer index uses ``fold(k, h(path))``;
+* a leaf with one (``.../layers_3/...``, ``.../blocks/3/...``) uses
+  ``fold(fold(k, h(canonical)), 3)``, ``canonical`` being the path with the index
+  removed (``.../layers/...``, ``.../blocks/...``);
+* slice ``i`` of a stacked leaf uses ``fold(fold(k, h(path)), i)``: a stacked
+  leaf's path *is* the canonical path of its layers, so slice ``i`` gets the key
+  (and the values) layer ``i`` gets in the unrolled model;
+* each rule then folds in ``h(f"{pattern}#{n}")``, ``n`` counting earlier rules
+  with the same pattern, so two rules on one leaf draw independently, and adding
+  or removing a rule with another pattern does not change this rule's draws.
+
+Keys depend on the key and the path string only: adding, removing or reordering
+other leaves never changes a leaf's values.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import difflib
+import numbers
+import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flaxinit.rules.actions import (
+    PerLayer,
+    RuleContext,
+    check_result,
+    leaf_fans,
+    to_action,
+)
+from flaxinit.rules.paths import FlatTree, LeafInfo, flatten_tree
+from flaxinit.rules.patterns import Pattern, compile_pattern
+
+__all__ = [
+    "LeafReport",
+    "RulesReport",
+    "UnmatchedRule",
+    "apply_rules",
+    "apply_rules_",
+    "explain_rules",
+    "stable_hash",
+]
+
+_CONTEXT_FIELDS = {f.name for f in dataclasses.fields(RuleContext)}
+
+
+def stable_hash(text: str) -> int:
+    """A 32-bit hash of ``text`` that is the same in every process (CRC-32).
+
+    Python's ``hash`` of a string is salted per process, so it cannot key draws.
+
+    Example:
+      >>> stable_hash("params/dense/kernel") == stable_hash("params/dense/kernel")
+      True
+    """
+    return zlib.crc32(text.encode("utf-8"))
+
+
+# --------------------------------------------------------------------------- rules
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """A validated rule: its position, compiled pattern, value and key tag."""
+
+    index: int
+    pattern: Pattern
+    value: Any
+    tag: int
+
+
+def compile_rules(
+    rules: Iterable[Any], convert: Callable[[Any], Any] = to_action, what: str = "action"
+) -> list[Rule]:
+    """Validates ``(pattern, value)`` pairs and compiles their patterns.
+
+    Raises:
+      TypeError: ``rules`` is not a sequence of pairs, or a pattern or value has the
+        wrong type.
+      ValueError: a pattern is malformed.
+    """
+    if isinstance(rules, (str, bytes, Mapping)) or not isinstance(rules, Iterable):
+        raise TypeError(
+            f"rules must be a sequence of (pattern, {what}) pairs, got {type(rules).__name__}"
+        )
+    out: list[Rule] = []
+    seen: dict[str, int] = {}
+    for i, rule in enumerate(rules):
+        if not isinstance(rule, (tuple, list)) or len(rule) != 2:
+            raise TypeError(f"rule {i} must be a (pattern, {what}) pair, got {rule!r}")
+        pattern = compile_pattern(rule[0])
+        value = convert(rule[1])
+        n = seen.get(pattern.source, 0)
+        seen[pattern.source] = n + 1
+        out.append(Rule(i, pattern, value, stable_hash(f"{pattern.source}#{n}")))
+    return out
+
+
+def _closest(pattern: Pattern, paths: Sequence[str], n: int = 3) -> tuple[str, ...]:
+    """The ``n`` existing paths most like ``pattern`` (for error messages)."""
+    if not paths:
+        return ()
+    source = pattern.source
+    if source.startswith("re:"):
+        return tuple(difflib.get_close_matches(source[3:], paths, n=n, cutoff=0.0))
+    body = source.lstrip("/")
+    depth = len([s for s in body.split("/") if s != "**"])
+    if pattern.anchored:
+        suffixes = {p: p for p in paths}
+        candidates = list(suffixes)
+    else:
+        # An unanchored glob names a path's tail: compare it with tails of as many
+        # segments, then report whole paths.
+        suffixes: dict[str, list[str]] = {}
+        for p in paths:
+            suffixes.setdefault("/".join(p.split("/")[-depth:]), []).append(p)
+        candidates = list(suffixes)
+    out: list[str] = []
+    for tail in difflib.get_close_matches(body, candidates, n=n, cutoff=0.0):
+        hits = suffixes[tail]
+        for p in [hits] if isinstance(hits, str) else hits:
+            if len(out) < n:
+                out.append(p)
+    return tuple(out)
+
+
+def match_rules(rules: Sequence[Rule], infos: Sequence[LeafInfo]) -> list[list[Rule]]:
+    """Per leaf, the rules whose pattern matches its path, in rule order."""
+    matchers = [(r, r.pattern.regex.fullmatch) for r in rules]
+    return [[r for r, m in matchers if m(info.path) is not None] for info in infos]
+
+
+def unmatched(
+    rules: Sequence[Rule], hits: Sequence[Sequence[Rule]], infos: Sequence[LeafInfo]
+) -> list[UnmatchedRule]:
+    """The rules that matched no leaf, with the closest existing paths."""
+    used = {r.index for leaf in hits for r in leaf}
+    paths = [i.path for i in infos]
+    return [
+        UnmatchedRule(r.index, r.pattern.source, _closest(r.pattern, paths))
+        for r in rules
+        if r.index not in used
+    ]
+
+
+def raise_unmatched(missing: Sequence[UnmatchedRule], what: str = "rule") -> None:
+    """Raises ``ValueError`` naming every pattern that matched nothing."""
+    if not missing:
+        return
+    lines = [
+        f"{what} {m.index} pattern {m.pattern!r} matched no leaf; closest paths: "
+        + (", ".join(repr(p) for p in m.closest) or "(the tree has no array leaves)")
+        for m in missing
+    ]
+    raise ValueError("\n".join(lines) + "\n(pass strict=False to allow rules that match nothing)")
+
+
+# --------------------------------------------------------------------------- context
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    extra: Mapping[str, Any]
+    num_layers: int | None
+    layer_of: Callable[[str], int | None] | None
+
+    @staticmethod
+    def make(context: Mapping[str, Any] | None) -> _Options:
+        context = dict(context or {})
+        num_layers = context.pop("num_layers", None)
+        layer_of = context.pop("layer_of", None)
+        if num_layers is not None and (
+            isinstance(num_layers, bool) or not isinstance(num_layers, numbers.Integral)
+        ):
+            raise TypeError(f"context['num_layers'] must be an int, got {num_layers!r}")
+        if layer_of is not None and not callable(layer_of):
+            raise TypeError(f"context['layer_of'] must be a function path -> int, got {layer_of!r}")
+        for name in context:
+            if not isinstance(name, str):
+                raise TypeError(f"context keys must be strings, got {name!r}")
+            if name in _CONTEXT_FIELDS or name == "replace":
+                raise ValueError(f"context key {name!r} would shadow RuleContext.{name}")
+        return _Options(context, None if num_layers is None else int(num_layers), layer_of)
+
+
+def _stack_axis(info: LeafInfo, action: Any) -> tuple[int | None, Any]:
+    """The stacked axis a rule uses on a leaf, and the action to run."""
+    axis = info.stacked_axis
+    if isinstance(action, PerLayer):
+        # A leaf whose path names its layer (`layers_3/...`) is one layer already,
+        # so one rule list serves the stacked and the unrolled layout.
+        axis = None if info.layer is not None else action.axis
+        action = action.action
+    if axis is not None:
+        nd = len(info.shape)
+        if not -nd <= axis < nd:
+            raise ValueError(
+                f"per_layer: axis {axis} is out of range for the leaf at {info.path!r} "
+                f"of shape {info.shape}"
+            )
+        axis %= nd
+    return axis, action
+
+
+class _Layers:
+    """Layer indices and layer counts for a plan (see ``RuleContext.num_layers``)."""
+
+    def __init__(
+        self, infos: Sequence[LeafInfo], hits: Sequence[Sequence[Rule]], opts: _Options
+    ) -> None:
+        self.opts = opts
+        self.groups: dict[str, int] = {}
+        counts: list[int] = []
+        if opts.layer_of is not None:
+            self.layers = [opts.layer_of(i.path) for i in infos]
+            counts += [v + 1 for v in self.layers if v is not None]
+        else:
+            self.layers = [i.layer for i in infos]
+            for info in infos:
+                if info.layer is not None:
+                    g = info.layer_group
+                    self.groups[g] = max(self.groups.get(g, 0), info.layer + 1)
+            counts += list(self.groups.values())
+        for info, leaf_rules in zip(infos, hits, strict=True):
+            for r in leaf_rules:
+                axis, _ = _stack_axis(info, r.value)
+                if axis is not None:
+                    counts.append(info.shape[axis])
+        self.tree_max = max(counts, default=None)
+
+    def signature(self) -> tuple[Any, ...]:
+        """What the contexts depend on besides the leaf (hashable if the context is)."""
+        opts = self.opts
+        return (
+            tuple(sorted(self.groups.items())),
+            self.tree_max,
+            opts.num_layers,
+            opts.layer_of,
+            tuple(sorted(opts.extra.items())),
+        )
+
+    def context(self, n: int, info: LeafInfo) -> RuleContext:
+        """The context of the whole (unstacked) leaf ``n``."""
+        opts = self.opts
+        if opts.num_layers is not None:
+            num = opts.num_layers
+        elif opts.layer_of is None and info.layer_group in self.groups:
+            num = self.groups[info.layer_group]
+        else:
+            num = self.tree_max
+        fan_in, fan_out = leaf_fans(info.shape)
+        return RuleContext(
+            path=info.path,
+            shape=info.shape,
+            dtype=info.dtype,
+            fan_in=fan_in,
+            fan_out=fan_out,
+            layer=self.layers[n],
+            num_layers=num,
+            stacked=False,
+            extra=opts.extra,
+        )
+
+    def slices(self, info: LeafInfo, axis: int) -> list[RuleContext]:
+        """One context per slice of a stacked leaf."""
+        length = info.shape[axis]
+        shape = info.shape[:axis] + info.shape[axis + 1 :]
+        fan_in, fan_out = leaf_fans(shape)
+        num = self.opts.num_layers if self.opts.num_layers is not None else length
+        return [
+            RuleContext(
+                path=info.path,
+                shape=shape,
+                dtype=info.dtype,
+                fan_in=fan_in,
+                fan_out=fan_out,
+                layer=i,
+                num_layers=num,
+                stacked=True,
+                extra=self.opts.extra,
+            )
+            for i in range(length)
+        ]
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclasses.dataclass
+class Plan:
+    """The static result of matching: which rules hit which leaf."""
+
+    flat: FlatTree
+    rules: list[Rule]
+    hits: list[list[Rule]]
+    layers: _Layers
+
+    def missing(self) -> list[UnmatchedRule]:
+        return unmatched(self.rules, self.hits, self.flat.infos)
+
+
+def make_plan(tree: Any, rules: Iterable[Any], context: Mapping[str, Any] | None) -> Plan:
+    """Flattens ``tree``, compiles ``rules`` and matches them (all in Python)."""
+    compiled = compile_rules(rules)
+    opts = _Options.make(context)
+    flat = flatten_tree(tree)
+    hits = match_rules(compiled, flat.infos)
+    return Plan(flat, compiled, hits, _Layers(flat.infos, hits, opts))
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def _check_key(key: Any) -> Any:
+    if key is None:
+        return None
+    if not hasattr(key, "dtype") or not hasattr(key, "shape"):
+        raise TypeError(f"key must be a jax.random.key or PRNGKey, got {key!r}")
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(f"key must be a single key, got a key array of shape {key.shape}")
+        return key
+    if key.dtype != jnp.uint32 or len(key.shape) != 1:
+        raise TypeError(
+            "key must be a typed key (jax.random.key) or a legacy uint32 key "
+            f"(jax.random.PRNGKey), got an array of dtype {key.dtype} and shape {key.shape}"
+        )
+    return key
+
+
+def _leaf_key(key: Any, info: LeafInfo) -> Any:
+    if info.layer is not None:
+        base = jax.random.fold_in(key, np.uint32(stable_hash(info.canonical)))
+        return jax.random.fold_in(base, np.uint32(info.layer))
+    return jax.random.fold_in(key, np.uint32(stable_hash(info.path)))
+
+
+def _slice_keys(key: Any, info: LeafInfo, length: int, tag: int) -> Any:
+    base = jax.random.fold_in(key, np.uint32(stable_hash(info.path)))
+    layer_keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(
+        jnp.arange(length, dtype=jnp.uint32)
+    )
+    return jax.vmap(lambda k: jax.random.fold_in(k, np.uint32(tag)))(layer_keys)
+
+
+# --------------------------------------------------------------------------- apply
+
+
+def _run_leaf(
+    layers: _Layers, n: int, info: LeafInfo, hits: Sequence[Rule], x: Any, key: Any
+) -> Any:
+    x = jnp.asarray(x)
+    leaf_key = None
+    for step, rule in enumerate(hits):
+        if step:
+            # Each rule works on the materialized result of the previous one: XLA
+            # would otherwise fold a re-draw's std and a later scale into one
+            # constant, which rounds differently for a stacked (vector of factors)
+            # and an unrolled (scalar factor) leaf.
+            x = jax.lax.optimization_barrier(x)
+        axis, action = _stack_axis(info, rule.value)
+        what = f"rule {rule.index} ({rule.pattern.source!r}, {rule.value!r})"
+        needs_key = key is not None and action.needs_key
+        if axis is None:
+            k = None
+            if needs_key:
+                leaf_key = _leaf_key(key, info) if leaf_key is None else leaf_key
+                k = jax.random.fold_in(leaf_key, np.uint32(rule.tag))
+            out = action(k, x, layers.context(n, info))
+        else:
+            xs = jnp.moveaxis(x, axis, 0)
+            keys = _slice_keys(key, info, xs.shape[0], rule.tag) if needs_key else None
+            out = action.call_stacked(keys, xs, layers.slices(info, axis))
+            out = jnp.moveaxis(check_result(info.path, what, xs, out), 0, axis)
+        x = check_result(info.path, what, x, out)
+    return x
+
+
+_PROGRAMS: collections.OrderedDict[Any, Any] = collections.OrderedDict()
+_MAX_PROGRAMS = 32
+
+
+def _program(plan: Plan, touched: Sequence[int], shardings: Any) -> Callable[..., Any]:
+    """The jitted array work of a plan, cached by what it computes.
+
+    One jitted program runs the array work, also when called eagerly: XLA
+    reassociates chained constant multiplications (a re-draw's std, then a scale)
+    inside a program, so op-by-op execution would round differently. Under an
+    outer jit this inner jit is inlined: the same program, the same bits. The
+    closure holds leaf descriptions and rules, never the tree's arrays. Called
+    eagerly on jax arrays, each new leaf keeps its input's sharding.
+    """
+    steps = [(n, plan.flat.infos[n], tuple(plan.hits[n])) for n in touched]
+    layers = plan.layers
+
+    def run(xs: list[Any], key: Any) -> list[Any]:
+        return [
+            _run_leaf(layers, n, info, hits, x, key)
+            for (n, info, hits), x in zip(steps, xs, strict=True)
+        ]
+
+    make = lambda: jax.jit(run, out_shardings=shardings)
+    try:
+        leaves = tuple((info, hits, layers.layers[n]) for n, info, hits in steps)
+        signature = (leaves, layers.signature(), shardings and tuple(shardings))
+        hash(signature)
+    except TypeError:  # an unhashable action argument or context value: no cache
+        return make()
+    fn = _PROGRAMS.get(signature)
+    if fn is None:
+        fn = _PROGRAMS[signature] = make()
+        if len(_PROGRAMS) > _MAX_PROGRAMS:
+            _PROGRAMS.popitem(last=False)
+    else:
+        _PROGRAMS.move_to_end(signature)
+    return fn
+
+
+def apply_rules(
+    tree: Any,
+    rules: Sequence[tuple[Any, Any]],
+    *,
+    key: Any = None,
+    context: Mapping[str, Any] | None = None,
+    strict: bool = True,
+) -> Any:
+    """Rewrites the leaves of a parameter tree that the rules' patterns match.
+
+    Every rule whose pattern matches a leaf's path applies, in list order, each to
+    the result of the previous one. The result has the structure, shapes, dtypes
+    and metadata (boxes, NNX Variables) of ``tree``; an NNX module gives a new
+    module and leaves the input alone (see :func:`apply_rules_` to update in place).
+    Matching runs in Python when called (at trace time under ``jax.jit``); only
+    array work remains in the compiled program. Keys come from ``key`` and each
+    leaf's path only (see the module docstring), so jitted and eager calls agree
+    bitwise and adding other leaves changes nothing here.
+
+    Args:
+      tree: a Linen variable dict (with or without ``params``, boxed or not), an
+        ``nnx.State``, an NNX module, or any pytree of arrays.
+      rules: ``(pattern, action)`` pairs; see :mod:`flaxinit.rules` for patterns and
+        actions.
+      key: a ``jax.random.key`` or legacy ``PRNGKey``; needed by re-draws.
+      context: extra entries for ``ctx`` (``ctx.d_model``); ``num_layers`` overrides
+        the count read from the tree and ``layer_of`` (a function ``path -> int |
+        None``) replaces the built-in layer-index parser.
+      strict: raise ``ValueError`` if a rule matches no leaf.
+
+    Returns:
+      The rewritten tree.
+
+    Raises:
+      ValueError: a rule matched nothing (``strict``), an action changed a leaf's
+        shape or dtype, a scale factor is not finite, or a re-draw has no key.
+      TypeError: a rule is not a ``(pattern, action)`` pair.
+
+    Example:
+      >>> import jax, flax.linen as nn
+      >>> from flaxinit.initializers import he_normal
+      >>> from flaxinit.rules import fill
+      >>> params = nn.Dense(4).init(jax.random.key(0), jax.numpy.ones((1, 3)))
+      >>> params = apply_rules(params, [("kernel", he_normal()), ("bias", fill(0.1))],
+      ...                      key=jax.random.key(1))
+    """
+    plan = make_plan(tree, rules, context)
+    if strict:
+        raise_unmatched(plan.missing())
+    key = _check_key(key)
+    arrays = list(plan.flat.arrays)
+    touched = [n for n, leaf_rules in enumerate(plan.hits) if leaf_rules]
+    if not touched:
+        return plan.flat.rebuild(arrays)
+
+    xs = [arrays[n] for n in touched]
+    # Eagerly, a committed (placed) array's new value keeps its sharding; under an
+    # outer jit the outer program decides.
+    shardings = [
+        x.sharding
+        if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and x.committed
+        else None
+        for x in xs
+    ]
+    if all(s is None for s in shardings):
+        shardings = None
+    new = _program(plan, touched, shardings)(xs, key)
+    for n, x in zip(touched, new, strict=True):
+        arrays[n] = x
+    return plan.flat.rebuild(arrays)
+
+
+def apply_rules_(module: Any, rules: Sequence[tuple[Any, Any]], **kwargs: Any) -> Any:
+    """``apply_rules`` on an NNX module, writing the new values into it in place.
+
+    Equivalent to ``nnx.update(module, nnx.state(apply_rules(module, rules, ...)))``;
+    the module's Variables keep their identity and metadata. Returns ``module``.
+
+    Example:
+      >>> from flax import nnx
+      >>> from flaxinit.rules import fill
+      >>> model = nnx.Linear(3, 4, rngs=nnx.Rngs(0))
+      >>> _ = apply_rules_(model, [("bias", fill(0.5))])
+    """
+    from flax import nnx
+
+    if not isinstance(module, nnx.Module):
+        raise TypeError(f"apply_rules_ updates an nnx.Module in place, got {type(module).__name__}")
+    new = apply_rules(module, rules, **kwargs)
+    nnx.update(module, nnx.state(new))
+    return module
+
+
+# --------------------------------------------------------------------------- explain
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafReport:
+    """One leaf in an :class:`RulesReport`.
+
+    Attributes:
+      path: the leaf's path.
+      shape: the leaf's shape.
+      dtype: the leaf's dtype.
+      layer: the layer index read from the path, or None.
+      stacked_axis: the ``'layers'`` axis from the leaf's metadata, or None.
+      rules: the indices of the rules that hit the leaf, in order.
+      patterns: their patterns.
+      actions: their actions' descriptions (``per layer`` when run per slice).
+    """
+
+    path: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    layer: int | None
+    stacked_axis: int | None
+    rules: tuple[int, ...]
+    patterns: tuple[str, ...]
+    actions: tuple[str, ...]
+
+    @property
+    def touched(self) -> bool:
+        """Whether any rule hit this leaf."""
+        return bool(self.rules)
+
+
+@dataclasses.dataclass(frozen=True)
+class UnmatchedRule:
+    """A rule that matched no leaf, with the closest existing paths."""
+
+    index: int
+    pattern: str
+    closest: tuple[str, ...]
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), sep, *(line(r) for r in rows)])
+
+
+class RulesReport(Sequence[LeafReport]):
+    """What ``explain_rules`` found: one :class:`LeafReport` per leaf, in tree order.
+
+    A sequence of records (``report[0].path``, ``[r.path for r in report if
+    r.touched]``) with ``untouched`` (paths no rule hit) and ``unmatched_rules``
+    (rules that hit nothing); ``str(report)`` is an aligned table.
+    """
+
+    def __init__(
+        self, records: Sequence[LeafReport], unmatched_rules: Sequence[UnmatchedRule]
+    ) -> None:
+        self.records = tuple(records)
+        self.unmatched_rules = tuple(unmatched_rules)
+        self.untouched = tuple(r.path for r in self.records if not r.touched)
+
+    def __getitem__(self, i: Any) -> Any:
+        return self.records[i]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def by_path(self) -> dict[str, LeafReport]:
+        """The records keyed by path."""
+        return {r.path: r for r in self.records}
+
+    def __repr__(self) -> str:
+        touched = sum(r.touched for r in self.records)
+        return (
+            f"RulesReport({len(self.records)} leaves, {touched} touched, "
+            f"{len(self.unmatched_rules)} unmatched rules)"
+        )
+
+    def __str__(self) -> str:
+        rows = []
+        for r in self.records:
+            layer = "" if r.layer is None else str(r.layer)
+            if r.stacked_axis is not None:
+                layer = f"stack@{r.stacked_axis}"
+            chain = " -> ".join(f"#{i} {a}" for i, a in zip(r.rules, r.actions, strict=True))
+            rows.append([r.path, str(r.shape), str(r.dtype), layer, chain or "-"])
+        out = _table(["path", "shape", "dtype", "layer", "rules"], rows) if rows else "(no leaves)"
+        if self.unmatched_rules:
+            out += "\nunmatched rules:"
+            for m in self.unmatched_rules:
+                out += f"\n  #{m.index} {m.pattern!r}; closest: {', '.join(m.closest) or '-'}"
+        return out
+
+
+def _describe_step(info: LeafInfo, rule: Rule) -> str:
+    axis, action = _stack_axis(info, rule.value)
+    if axis is None:
+        return repr(action)
+    return f"per layer(axis {axis}, {info.shape[axis]} layers): {action!r}"
+
+
+def explain_rules(
+    tree: Any, rules: Sequence[tuple[Any, Any]], *, context: Mapping[str, Any] | None = None
+) -> RulesReport:
+    """Says what :func:`apply_rules` would do, leaf by leaf, without doing it.
+
+    Works on arrays and on abstract trees (``jax.eval_shape`` output). Rules that
+    match nothing are reported, not raised.
+
+    Returns:
+      A :class:`RulesReport`: per leaf its path, shape, dtype, layer index, and the
+      rules that hit it in order with their actions; plus ``untouched`` and
+      ``unmatched_rules``. ``print(report)`` shows a table.
+
+    Example:
+      >>> import jax, flax.linen as nn
+      >>> from flaxinit.rules import fill
+      >>> v = jax.eval_shape(nn.Dense(4).init, jax.random.key(0), jax.numpy.ones((1, 3)))
+      >>> report = explain_rules(v, [("bias", fill(0.0))])
+      >>> report.untouched
+      ('params/kernel',)
+    """
+    plan = make_plan(tree, rules, context)
+    records = []
+    for n, info in enumerate(plan.flat.infos):
+        hits = plan.hits[n]
+        records.append(
+            LeafReport(
+                path=info.path,
+                shape=info.shape,
+                dtype=info.dtype,
+                layer=plan.layers.layers[n],
+                stacked_axis=info.stacked_axis,
+                rules=tuple(r.index for r in hits),
+                patterns=tuple(r.pattern.source for r in hits),
+                actions=tuple(_describe_step(info, r) for r in hits),
+            )
+        )
+    return RulesReport(records, plan.missing())

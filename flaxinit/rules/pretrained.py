@@ -1,0 +1,169 @@
+"""``merge_pretrained``: start from pretrained leaves, keep fresh ones where needed."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from flaxinit.rules.engine import compile_rules, match_rules, raise_unmatched, unmatched
+from flaxinit.rules.paths import flatten_tree
+
+__all__ = ["MergeRecord", "MergeReport", "merge_pretrained"]
+
+PRETRAINED = "pretrained"
+FRESH = "fresh"
+REINIT = "reinit"
+
+
+@dataclasses.dataclass(frozen=True)
+class MergeRecord:
+    """Where one leaf of the merged tree came from.
+
+    Attributes:
+      path: the leaf's path.
+      source: ``'pretrained'`` (loaded), ``'fresh'`` (no pretrained leaf at this
+        path) or ``'reinit'`` (a ``reinit`` pattern matched it).
+      shape: the leaf's shape in the fresh tree.
+      dtype: the leaf's dtype in the fresh tree.
+      pretrained_shape: the pretrained leaf's shape, or None if there is none.
+      cast_from: the pretrained dtype when it differed and was cast, else None.
+    """
+
+    path: str
+    source: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    pretrained_shape: tuple[int, ...] | None
+    cast_from: np.dtype | None = None
+
+
+class MergeReport(Sequence[MergeRecord]):
+    """One :class:`MergeRecord` per leaf of the merged tree, plus the lists
+    ``loaded``, ``fresh``, ``reinitialized`` and ``unused`` (pretrained paths the
+    fresh tree does not have); ``str(report)`` is a table."""
+
+    def __init__(self, records: Sequence[MergeRecord], unused: Sequence[str]) -> None:
+        self.records = tuple(records)
+        self.loaded = tuple(r.path for r in self.records if r.source == PRETRAINED)
+        self.fresh = tuple(r.path for r in self.records if r.source == FRESH)
+        self.reinitialized = tuple(r.path for r in self.records if r.source == REINIT)
+        self.unused = tuple(unused)
+
+    def __getitem__(self, i: Any) -> Any:
+        return self.records[i]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __repr__(self) -> str:
+        return (
+            f"MergeReport({len(self.loaded)} loaded, {len(self.fresh)} fresh, "
+            f"{len(self.reinitialized)} reinitialized, {len(self.unused)} unused)"
+        )
+
+    def __str__(self) -> str:
+        rows = [
+            [
+                r.path,
+                r.source + (f" (cast from {r.cast_from})" if r.cast_from is not None else ""),
+                str(r.shape),
+                "-" if r.pretrained_shape is None else str(r.pretrained_shape),
+            ]
+            for r in self.records
+        ]
+        headers = ["path", "source", "shape", "pretrained shape"]
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+        fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))
+        lines = [fmt(headers).rstrip(), "  ".join("-" * w for w in widths)]
+        lines += [fmt(r).rstrip() for r in rows]
+        if self.unused:
+            lines.append("unused pretrained leaves: " + ", ".join(self.unused))
+        return "\n".join(lines)
+
+
+def merge_pretrained(
+    fresh: Any,
+    pretrained: Any,
+    *,
+    reinit: str | Sequence[Any] = (),
+    strict: bool = True,
+) -> tuple[Any, MergeReport]:
+    """Loads pretrained leaves into a freshly initialized tree.
+
+    For every leaf of ``fresh``: if a ``reinit`` pattern matches its path it stays
+    fresh; else if ``pretrained`` has a leaf at the same path with the same shape,
+    that leaf is used (cast to the fresh dtype if they differ); else (a new layer,
+    such as a new classification head) it stays fresh. The result has ``fresh``'s
+    structure and metadata; ``pretrained`` can be any tree with the same paths
+    (a plain dict from a checkpoint, ``nnx.to_pure_dict`` output, boxed or not).
+
+    Args:
+      fresh: the freshly initialized tree (Linen dict, ``nnx.State``, NNX module...).
+      pretrained: the pretrained tree.
+      reinit: patterns of leaves to keep fresh even if a pretrained leaf exists.
+      strict: raise ``ValueError`` if a ``reinit`` pattern matches no fresh leaf.
+
+    Returns:
+      ``(merged, report)``: the merged tree and a :class:`MergeReport` saying what
+      came from where (and which pretrained leaves went unused).
+
+    Raises:
+      ValueError: a shape mismatch that no ``reinit`` pattern covers (naming every
+        such path with both shapes), or the two trees share no path at all.
+
+    Example:
+      >>> import jax, flax.linen as nn
+      >>> x = jax.numpy.ones((1, 3))
+      >>> old = nn.Dense(10).init(jax.random.key(0), x)
+      >>> new = nn.Dense(5).init(jax.random.key(1), x)
+      >>> merged, report = merge_pretrained(new, old, reinit=["params/*"])
+      >>> report.reinitialized
+      ('params/bias', 'params/kernel')
+    """
+    if isinstance(reinit, str):
+        reinit = [reinit]
+    rules = compile_rules([(p, True) for p in reinit], convert=lambda v: v, what="pattern")
+    f = flatten_tree(fresh)
+    p = flatten_tree(pretrained)
+    by_path = {info.path: (info, a) for info, a in zip(p.infos, p.arrays, strict=True)}
+    fresh_paths = {info.path for info in f.infos}
+    if f.infos and p.infos and not fresh_paths & by_path.keys():
+        raise ValueError(
+            "merge_pretrained: the fresh and pretrained trees share no path "
+            f"(fresh has e.g. {f.infos[0].path!r}, pretrained has e.g. {p.infos[0].path!r}); "
+            "is one of them missing (or adding) a level such as 'params'?"
+        )
+    hits = match_rules(rules, f.infos)
+    if strict:
+        raise_unmatched(unmatched(rules, hits, f.infos), what="reinit pattern")
+    arrays = list(f.arrays)
+    records = []
+    mismatched = []
+    for n, info in enumerate(f.infos):
+        pre = by_path.get(info.path)
+        pre_shape = None if pre is None else pre[0].shape
+        if hits[n]:
+            records.append(MergeRecord(info.path, REINIT, info.shape, info.dtype, pre_shape))
+        elif pre is None:
+            records.append(MergeRecord(info.path, FRESH, info.shape, info.dtype, None))
+        elif pre_shape != info.shape:
+            mismatched.append(f"{info.path!r}: fresh {info.shape} vs pretrained {pre_shape}")
+        else:
+            value, cast = pre[1], None
+            if np.dtype(pre[0].dtype) != info.dtype:
+                value, cast = value.astype(info.dtype), pre[0].dtype
+            arrays[n] = value
+            records.append(
+                MergeRecord(info.path, PRETRAINED, info.shape, info.dtype, pre_shape, cast)
+            )
+    if mismatched:
+        raise ValueError(
+            "merge_pretrained: shape mismatch at "
+            + "; ".join(mismatched)
+            + " (add a reinit= pattern to keep such leaves freshly initialized)"
+        )
+    unused = [path for path in by_path if path not in fresh_paths]
+    return f.rebuild(arrays), MergeReport(records, unused)

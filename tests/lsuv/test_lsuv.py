@@ -1,0 +1,472 @@
+"""LSUV: every selected layer's output variance is checked independently (Linen's
+capture_intermediates, NNX's nnx.capture), not read from the report."""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import flaxinit as fi
+from flaxinit.lsuv import lsuv
+
+KEY = jax.random.key(0)
+TOL = 0.1
+
+
+def batch(shape, key=1, scale=3.0, shift=1.0):
+    return jax.random.normal(jax.random.key(key), shape) * scale + shift
+
+
+def linen_output_vars(model, variables, x, types=(nn.Dense, nn.DenseGeneral, nn.Conv), **kwargs):
+    """Variance of every selected layer's output, measured with capture_intermediates."""
+    _, state = model.apply(
+        variables,
+        x,
+        capture_intermediates=lambda m, name: isinstance(m, types) and name == "__call__",
+        mutable=["intermediates"],
+        **kwargs,
+    )
+    out = {}
+    for path, value in jax.tree_util.tree_flatten_with_path(state["intermediates"])[0]:
+        keys = [getattr(k, "key", getattr(k, "idx", None)) for k in path]
+        name = "/".join(
+            str(k)
+            for k in keys
+            if k not in ("__call__", 0) or (isinstance(k, str) and k != "__call__")
+        )
+        out[name] = np.asarray(value)
+    return out
+
+
+def variance_over_blob(y, stacked=False):
+    y = np.asarray(y, dtype=np.float64)
+    if stacked:
+        return y.reshape(y.shape[0], -1).var(axis=1)
+    return y.var()
+
+
+class LinenMLP(nn.Module):
+    depth: int
+    width: int = 64
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, x):
+        act = {"relu": nn.relu, "tanh": jnp.tanh}[self.activation]
+        for _ in range(self.depth):
+            x = act(nn.Dense(self.width, bias_init=fi.constant(0.1))(x))
+        return nn.Dense(10)(x)
+
+
+class NNXMLP(nnx.Module):
+    def __init__(self, depth, width=64, activation="relu", rngs=None):
+        self.act = {"relu": nnx.relu, "tanh": jnp.tanh}[activation]
+        self.layers = nnx.List(
+            [nnx.Linear(width, width, bias_init=fi.constant(0.1), rngs=rngs) for _ in range(depth)]
+        )
+        self.head = nnx.Linear(width, 10, rngs=rngs)
+
+    def __call__(self, x):
+        for layer in self.layers:
+            x = self.act(layer(x))
+        return self.head(x)
+
+
+def nnx_output_vars(model, x, **kwargs):
+    _, inter = nnx.capture(model, nnx.Intermediate, method_outputs=nnx.Intermediate)(x, **kwargs)
+    return {
+        "/".join(map(str, path[:-1])): v.get_value()[0]
+        for path, v in nnx.to_flat_state(inter)
+        if len(path) > 1
+    }
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_linen_deep_mlp(activation):
+    model = LinenMLP(depth=30, activation=activation)
+    x = batch((256, 64))
+    variables, report = lsuv(model, None, x, key=KEY)
+    assert len(report) == 31
+    assert report.converged
+    captured = linen_output_vars(model, variables, x)
+    assert len(captured) == 31
+    for name, y in captured.items():
+        assert abs(variance_over_blob(y) - 1.0) < TOL, name
+    # the report agrees with the independent measurement
+    for record in report:
+        assert abs(record.var_after - variance_over_blob(captured[record.path])) < 1e-3
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_nnx_deep_mlp_in_place(activation):
+    model = NNXMLP(30, activation=activation, rngs=nnx.Rngs(0))
+    x = batch((256, 64))
+    returned, report = lsuv(model, None, x, key=KEY)
+    assert returned is model
+    assert report.converged
+    assert len(report) == 31
+    captured = nnx_output_vars(model, x)
+    assert len(captured) == 31
+    for name, y in captured.items():
+        assert abs(variance_over_blob(y) - 1.0) < TOL, name
+    assert [r.path for r in report][:3] == ["layers/0", "layers/1", "layers/2"]
+    assert report[-1].path == "head"
+    # the class patch is gone and no mark is left on the modules
+    assert "_flaxinit_lsuv" not in vars(model.layers[0])
+    np.testing.assert_array_equal(model(x), model(x))
+
+
+def test_idempotent_and_deterministic():
+    model = LinenMLP(depth=10)
+    x = batch((128, 64))
+    v1, _ = lsuv(model, None, x, key=KEY)
+    v1_again, _ = lsuv(model, None, x, key=KEY)
+    chex.assert_trees_all_equal(v1, v1_again)
+    v2, report = lsuv(model, v1, x, pre_init=None)
+    assert all(r.rounds == 0 for r in report)
+    chex.assert_trees_all_close(v1, v2, rtol=0, atol=0)
+
+
+def test_different_keys_give_different_pre_init():
+    model = LinenMLP(depth=2)
+    x = batch((64, 64))
+    v1, _ = lsuv(model, None, x, key=jax.random.key(1))
+    v2, _ = lsuv(model, None, x, key=jax.random.key(2))
+    assert not np.array_equal(v1["params"]["Dense_0"]["kernel"], v2["params"]["Dense_0"]["kernel"])
+
+
+def test_orthonormal_pre_init():
+    model = LinenMLP(depth=3)
+    x = batch((64, 64), scale=1.0, shift=0.0)
+    variables = model.init(KEY, x)
+    new, report = lsuv(model, variables, x, key=KEY)
+    kernel = np.asarray(new["params"]["Dense_1"]["kernel"], dtype=np.float64)
+    scale = report[1].scale
+    np.testing.assert_allclose(kernel.T @ kernel, scale**2 * np.eye(64), atol=1e-4 * scale**2)
+
+
+class ConvNet(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(16, (3, 3))(x))
+        x = nn.relu(nn.Conv(16, (3, 3), strides=2)(x))
+        x = nn.relu(nn.Conv(32, (3, 3))(x))
+        x = x.reshape(x.shape[0], -1)
+        return nn.Dense(10)(x)
+
+
+def test_linen_conv_net():
+    model = ConvNet()
+    x = batch((32, 12, 12, 3))
+    variables, report = lsuv(model, None, x, key=KEY)
+    assert [r.kind for r in report] == ["Conv", "Conv", "Conv", "Dense"]
+    for name, y in linen_output_vars(model, variables, x).items():
+        assert abs(variance_over_blob(y) - 1.0) < TOL, name
+
+
+class NNXConvNet(nnx.Module):
+    def __init__(self, rngs):
+        self.c1 = nnx.Conv(3, 16, (3, 3), rngs=rngs)
+        self.c2 = nnx.Conv(16, 16, (3, 3), rngs=rngs)
+        self.head = nnx.Linear(16, 10, rngs=rngs)
+
+    def __call__(self, x):
+        x = nnx.relu(self.c1(x))
+        x = nnx.relu(self.c2(x))
+        return self.head(x.mean(axis=(1, 2)))
+
+
+def test_nnx_conv_net():
+    model = NNXConvNet(nnx.Rngs(0))
+    x = batch((32, 10, 10, 3))
+    _, report = lsuv(model, None, x)
+    assert [r.path for r in report] == ["c1", "c2", "head"]
+    for name, y in nnx_output_vars(model, x).items():
+        assert abs(variance_over_blob(y) - 1.0) < TOL, name
+
+
+class Block(nn.Module):
+    @nn.compact
+    def __call__(self, x, _):
+        return nn.tanh(nn.Dense(32, name="fc", bias_init=fi.constant(0.2))(x)), None
+
+
+class ScannedNet(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Dense(32, name="inp")(x)
+        stack = nn.scan(
+            Block,
+            variable_axes={"params": 0, "intermediates": 0},
+            split_rngs={"params": True},
+            length=6,
+        )
+        x, _ = stack(name="layers")(x, None)
+        return nn.Dense(10, name="head")(x)
+
+
+def test_linen_scanned_stack_gets_a_scale_per_layer():
+    model = ScannedNet()
+    x = batch((128, 16))
+    variables, report = lsuv(model, None, x, key=KEY)
+    names = [r.path for r in report]
+    assert names == ["inp", *[f"layers/fc[{i}]" for i in range(6)], "head"]
+    assert len({round(r.scale, 6) for r in report if r.path.startswith("layers")}) > 1
+    _, state = model.apply(
+        variables,
+        x,
+        capture_intermediates=lambda m, n: isinstance(m, nn.Dense),
+        mutable=["intermediates"],
+    )
+    stacked = state["intermediates"]["layers"]["fc"]["__call__"][0]
+    assert stacked.shape[0] == 6
+    np.testing.assert_array_less(np.abs(variance_over_blob(stacked, stacked=True) - 1), TOL)
+    assert abs(variance_over_blob(state["intermediates"]["head"]["__call__"][0]) - 1) < TOL
+
+
+def test_linen_scan_without_intermediates_axis_raises_clearly():
+    class Bad(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            stack = nn.scan(
+                Block, variable_axes={"params": 0}, split_rngs={"params": True}, length=2
+            )
+            return stack(name="layers")(x, None)[0]
+
+    with pytest.raises(Exception, match="intermediates"):
+        lsuv(Bad(), None, batch((16, 32)), key=KEY)
+
+
+class NNXBlock(nnx.Module):
+    def __init__(self, rngs):
+        self.fc = nnx.Linear(32, 32, bias_init=fi.constant(0.2), rngs=rngs)
+
+    def __call__(self, x):
+        return jnp.tanh(self.fc(x))
+
+
+class NNXStack(nnx.Module):
+    def __init__(self, rngs):
+        @nnx.split_rngs(splits=5)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def make(rngs):
+            return NNXBlock(rngs)
+
+        self.blocks = make(rngs)
+
+    def __call__(self, x):
+        @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+        def step(x, block):
+            return block(x)
+
+        return step(x, self.blocks)
+
+
+def test_nnx_vmapped_stack_gets_a_scale_per_layer():
+    model = NNXStack(nnx.Rngs(0))
+    x = batch((64, 32))
+    _, report = lsuv(model, None, x)
+    assert [r.path for r in report] == [f"blocks/fc[{i}]" for i in range(5)]
+    assert model.blocks.fc.kernel[...].shape == (5, 32, 32)
+    _, inter = nnx.capture(model, nnx.Intermediate, method_outputs=nnx.Intermediate)(x)
+    flat = {path: v.get_value()[0] for path, v in nnx.to_flat_state(inter)}
+    stacked = flat[("blocks", "fc", "__call__")]
+    assert stacked.shape[0] == 5
+    np.testing.assert_array_less(np.abs(variance_over_blob(stacked, stacked=True) - 1), TOL)
+
+
+class TransformerBlock(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = nn.LayerNorm()(x)
+        x = x + nn.MultiHeadDotProductAttention(num_heads=4, qkv_features=32, name="attn")(h)
+        h = nn.LayerNorm()(x)
+        h = nn.Dense(64, name="fc1")(h)
+        return x + nn.Dense(32, name="fc2")(nn.gelu(h))
+
+
+def test_linen_transformer_block():
+    model = TransformerBlock()
+    x = batch((8, 10, 32), scale=1.0, shift=0.0)
+    variables, report = lsuv(model, None, x, key=KEY)
+    assert {r.path for r in report} == {
+        "attn/query",
+        "attn/key",
+        "attn/value",
+        "attn/out",
+        "fc1",
+        "fc2",
+    }
+    assert report.converged
+    for name, y in linen_output_vars(model, variables, x).items():
+        assert abs(variance_over_blob(y) - 1.0) < TOL, name
+
+
+def test_nnx_attention():
+    class Attn(nnx.Module):
+        def __init__(self, rngs):
+            self.attn = nnx.MultiHeadAttention(4, 32, 32, decode=False, rngs=rngs)
+
+        def __call__(self, x):
+            return self.attn(x)
+
+    model = Attn(nnx.Rngs(0))
+    x = batch((4, 6, 32), scale=1.0, shift=0.0)
+    _, report = lsuv(model, None, x)
+    assert {r.path for r in report} == {"attn/query", "attn/key", "attn/value", "attn/out"}
+    assert report.converged
+    for name, y in nnx_output_vars(model, x).items():
+        if name.count("/") == 1:
+            assert abs(variance_over_blob(y) - 1.0) < TOL, name
+
+
+class BatchNormNet(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        x = nn.Dense(32)(x)
+        x = nn.BatchNorm(use_running_average=not train)(x)
+        return nn.Dense(4)(nn.relu(x))
+
+
+def test_batchnorm_passes_through():
+    model = BatchNormNet()
+    x = batch((64, 16))
+    variables, report = lsuv(model, None, x, key=KEY, call_kwargs={"train": True})
+    assert [r.path for r in report] == ["Dense_0", "Dense_1"]
+    assert report.converged
+    # running statistics are not touched
+    fresh = model.init(jax.random.split(KEY)[0], x)
+    chex.assert_trees_all_equal(variables["batch_stats"], fresh["batch_stats"])
+
+
+def test_layer_selection_by_pattern_and_type():
+    model = LinenMLP(depth=4)
+    x = batch((64, 64))
+    _, report = lsuv(model, None, x, key=KEY, layers=["Dense_[02]"])
+    assert [r.path for r in report] == ["Dense_0", "Dense_2"]
+    _, report = lsuv(model, None, x, key=KEY, layers=[nn.Dense])
+    assert len(report) == 5
+    with pytest.raises(ValueError, match="matched no linear layer"):
+        lsuv(model, None, x, key=KEY, layers=["attn/*"])
+
+
+def test_post_activation_measurement():
+    model = LinenMLP(depth=6, activation="tanh")
+    x = batch((256, 64))
+    variables, report = lsuv(
+        model, None, x, key=KEY, measure="activation", activation=jnp.tanh, target_var=0.5
+    )
+    assert report.converged
+    captured = linen_output_vars(model, variables, x)
+    for i in range(6):
+        assert abs(np.var(np.tanh(np.asarray(captured[f"Dense_{i}"], np.float64))) - 0.5) < TOL
+
+
+def test_unreachable_target_is_reported_not_blown_up():
+    class SigmoidNet(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            for _ in range(3):
+                x = nn.sigmoid(nn.Dense(32)(x))
+            return x
+
+    model = SigmoidNet()
+    x = batch((64, 32))
+    variables = model.init(KEY, x)
+    new, report = lsuv(
+        model, variables, x, key=KEY, measure="activation", activation=jax.nn.sigmoid, pre_init=None
+    )
+    assert all("unreachable" in r.status for r in report)
+    assert not report.converged
+    chex.assert_trees_all_equal(new, variables)
+
+
+def test_zero_variance_layer_is_left_unchanged_and_flagged():
+    class Dead(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Dense(16, kernel_init=fi.zeros)(x))
+            return nn.Dense(4)(x)
+
+    model = Dead()
+    x = batch((32, 8))
+    variables, report = lsuv(model, None, x, key=KEY, pre_init=None)
+    assert report[0].status.startswith("zero variance")
+    assert report[0].scale == 1.0
+    assert report[1].status.startswith("zero variance")  # its input is all zeros
+    for leaf in jax.tree.leaves(variables):
+        assert np.isfinite(np.asarray(leaf)).all()
+
+
+def test_not_converged_is_reported():
+    model = LinenMLP(depth=3, activation="tanh")
+    x = batch((64, 64))
+    _, report = lsuv(
+        model,
+        None,
+        x,
+        key=KEY,
+        measure="activation",
+        activation=jnp.tanh,
+        target_var=0.95,
+        tol=0.001,
+        max_iters=2,
+    )
+    assert any(r.status == "not converged" and r.rounds == 2 for r in report)
+
+
+def test_mean_centring():
+    model = LinenMLP(depth=4)
+    x = batch((128, 64))
+    variables, _report = lsuv(model, None, x, key=KEY, center=True)
+    for name, y in linen_output_vars(model, variables, x).items():
+        assert abs(np.mean(np.asarray(y, np.float64))) < 1e-4, name
+        assert abs(variance_over_blob(y) - 1) < TOL
+
+
+@pytest.mark.parametrize(
+    ("x", "match"),
+    [
+        (jnp.ones((1, 8)), "at least 2 examples"),
+        (jnp.ones((4, 8)).at[0, 0].set(jnp.nan), "NaN or Inf"),
+        (jnp.ones((4, 8)).at[1, 2].set(jnp.inf), "NaN or Inf"),
+    ],
+)
+def test_bad_batches(x, match):
+    with pytest.raises(ValueError, match=match):
+        lsuv(LinenMLP(depth=1, width=8), None, x, key=KEY)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"tol": 0.0}, ValueError, "tol"),
+        ({"target_var": -1.0}, ValueError, "target_var"),
+        ({"max_iters": 0}, ValueError, "max_iters"),
+        ({"measure": "input"}, ValueError, "measure"),
+        ({"measure": "activation"}, ValueError, "activation="),
+        ({"pre_init": "svd"}, ValueError, "pre_init"),
+    ],
+)
+def test_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        lsuv(LinenMLP(depth=1, width=8), None, jnp.ones((4, 8)), key=KEY, **kwargs)
+
+
+def test_sharded_batch_equals_unsharded():
+    model = LinenMLP(depth=8)
+    x = batch((64, 64))
+    variables = model.init(KEY, x)
+    reference, ref_report = lsuv(model, variables, x, key=KEY)
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    sharded_x = jax.device_put(x, NamedSharding(mesh, P("data")))
+    result, report = lsuv(model, variables, sharded_x, key=KEY)
+    chex.assert_trees_all_close(result, reference, rtol=1e-5, atol=1e-6)
+    for a, b in zip(report, ref_report, strict=True):
+        assert a.rounds == b.rounds
+        assert a.var_after == pytest.approx(b.var_after, rel=1e-5)
