@@ -49,6 +49,24 @@ def _stats(y: jax.Array) -> tuple[jax.Array, jax.Array]:
     return mean, jnp.mean(jnp.square(y - mean))
 
 
+def _moments(z: jax.Array, b: jax.Array):
+    """Var(z), Cov(z, b), Var(b), mean(z), mean(b) over the output blob.
+
+    A bias that broadcasts along the trailing axes takes the same value at every
+    position, so its terms only need ``z``'s per-channel means.
+    """
+    z_mean, z_var = _stats(z)
+    if b.ndim == 0:
+        return z_var, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), z_mean, b
+    if b.shape == z.shape:
+        b_mean, b_var = _stats(b)
+        return z_var, jnp.mean((z - z_mean) * (b - b_mean)), b_var, z_mean, b_mean
+    channel_means = jnp.mean(z, axis=tuple(range(z.ndim - b.ndim)))
+    b_mean, b_var = _stats(b)
+    cov = jnp.mean((channel_means - z_mean) * (b - b_mean))
+    return z_var, cov, b_var, z_mean, b_mean
+
+
 def fit_layer(z: jax.Array, bias: jax.Array | None, config: FitConfig) -> dict[str, jax.Array]:
     """Finds the kernel scale ``c`` (and bias shift ``d``) for one layer.
 
@@ -67,11 +85,8 @@ def fit_layer(z: jax.Array, bias: jax.Array | None, config: FitConfig) -> dict[s
     tol = jnp.float32(config.tol)
 
     if config.activation is None:
-        # Scalar loop on the centred moments of (z, b).
-        z_mean, z_var = _stats(z)
-        b_full = jnp.broadcast_to(b, z.shape)
-        b_mean, b_var = _stats(b_full)
-        cov = jnp.mean((z - z_mean) * (b_full - b_mean))
+        # Scalar iteration on the centred moments of (z, b).
+        z_var, cov, b_var, z_mean, b_mean = _moments(z, b)
 
         def variance(c, d):
             return c * c * z_var + 2 * c * cov + b_var
@@ -122,8 +137,19 @@ def fit_layer(z: jax.Array, bias: jax.Array | None, config: FitConfig) -> dict[s
         status = jnp.int32(INFEASIBLE)
         return _result(one, zero, var_before, var_before, jnp.int32(0), status)
     d0 = centred(one, zero)
-    start = (one, d0, variance(one, d0), jnp.int32(0))
-    c, d, var, rounds = jax.lax.while_loop(cond, body, start)
+    carry = (one, d0, variance(one, d0), jnp.int32(0))
+    if config.activation is None:
+        # Each round costs a few scalar flops: unroll the rounds with a mask rather
+        # than compile a while_loop per layer (cheaper to compile, same result).
+        for _ in range(config.max_iters):
+            active = cond(carry)
+            stepped = body(carry)
+            carry = tuple(
+                jnp.where(active, new, old) for new, old in zip(stepped, carry, strict=True)
+            )
+    else:
+        carry = jax.lax.while_loop(cond, body, carry)
+    c, d, var, rounds = carry
     converged = jnp.abs(var - target) < tol
     status = jnp.where(converged, OK, NOT_CONVERGED)
     status = jnp.where(var_before <= 0, ZERO_VARIANCE, status)

@@ -1,0 +1,200 @@
+"""flaxinit's one-pass LSUV against a straightforward per-layer LSUV, side by side.
+
+For ReLU MLPs of depth 20, 50 and 100 (width 256, batch 256) and a small conv net:
+
+* forward: one jitted forward pass (the unit of cost);
+* flaxinit: `lsuv(..., pre_init=None)`'s compiled program (variance fitting only),
+  in forward passes;
+* straightforward: per layer, re-run a jitted forward pass that captures that layer's
+  output, rescale, repeat until |Var - 1| < tol (what a port of the PyTorch hooks
+  does), in forward passes;
+* compile time of each, and the orthonormal pre-init against jax's orthogonal
+  initializer over the same layers.
+
+    python benchmarks/lsuv.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from _timing import machine
+
+from flaxinit.lsuv import _config, _pre_init_fn
+from flaxinit.lsuv import for_linen as lsuv_linen
+
+
+class MLP(nn.Module):
+    depth: int
+    width: int = 256
+
+    @nn.compact
+    def __call__(self, x):
+        for _ in range(self.depth):
+            x = nn.relu(nn.Dense(self.width)(x))
+        return x
+
+
+class ConvNet(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        for features in (32, 32, 64, 64):
+            x = nn.relu(nn.Conv(features, (3, 3))(x))
+        return x
+
+
+def timed(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def compile_time(jitted, *args):
+    start = time.perf_counter()
+    compiled = jitted.lower(*args).compile()
+    return time.perf_counter() - start, compiled
+
+
+def make_probe(model):
+    """A jitted forward pass returning every Dense/Conv output's variance."""
+
+    @jax.jit
+    def probe(variables, x):
+        _, state = model.apply(
+            variables,
+            x,
+            capture_intermediates=lambda m, n: isinstance(m, (nn.Dense, nn.Conv)),
+            mutable=["intermediates"],
+        )
+        return {k: jnp.var(v["__call__"][0]) for k, v in state["intermediates"].items()}
+
+    return probe
+
+
+def straightforward_lsuv(probe, variables, x, names, tol=0.1, max_iters=10):
+    """Per layer: forward pass, read the layer's output variance, rescale, repeat."""
+    passes = 0
+    params = dict(variables["params"])
+    for name in names:
+        for _ in range(max_iters + 1):
+            var = float(probe({"params": params}, x)[name])
+            passes += 1
+            if abs(var - 1.0) < tol or passes > 10_000:
+                break
+            layer = dict(params[name])
+            layer["kernel"] = layer["kernel"] / jnp.sqrt(var)
+            params[name] = layer
+    return {"params": params}, passes
+
+
+def bench(label, model, x, repeats):
+    key = jax.random.key(0)
+    variables = jax.jit(model.init)(key, x)
+    forward = jax.jit(model.apply)
+    forward_compile, forward_compiled = compile_time(forward, variables, x)
+    t_forward = timed(lambda: forward_compiled(variables, x), repeats)
+
+    config = _config(1.0, 0.1, 10, "output", None, None, False)
+    program, infos = lsuv_linen.build_program(
+        model, variables, x, layers=None, config=config, pre_init=None, call_kwargs={}
+    )
+    lsuv_compile, lsuv_compiled = compile_time(program, variables, x, key)
+    t_lsuv = timed(lambda: lsuv_compiled(variables, x, key), repeats)
+
+    # Pre-init: flaxinit's orthonormal kernels against jax's orthogonal initializer.
+    pre = _pre_init_fn("orthogonal")
+    kernels = [lsuv_linen._get(variables, i.kernel_path) for i in infos]
+
+    def ours(key):
+        return [
+            pre(jax.random.fold_in(key, n), info, k)
+            for n, (info, k) in enumerate(zip(infos, kernels, strict=True))
+        ]
+
+    def theirs(key):
+        init = jax.nn.initializers.orthogonal()
+        return [init(jax.random.fold_in(key, n), k.shape) for n, k in enumerate(kernels)]
+
+    ours_j, theirs_j = jax.jit(ours).lower(key).compile(), jax.jit(theirs).lower(key).compile()
+    t_pre_ours = timed(lambda: ours_j(key), max(3, repeats // 2))
+    t_pre_theirs = timed(lambda: theirs_j(key), max(3, repeats // 2))
+
+    names = [info.name for info in infos]
+    probe = make_probe(model)
+    probe_compile, _ = compile_time(probe, variables, x)
+    jax.block_until_ready(probe(variables, x))  # warm the jit cache
+    straight = []
+    for _ in range(max(1, repeats // 4)):
+        start = time.perf_counter()
+        _, passes = straightforward_lsuv(probe, variables, x, names)
+        straight.append(time.perf_counter() - start)
+    t_straight = statistics.median(straight)
+
+    row = {
+        "net": label,
+        "layers": len(infos),
+        "forward ms": t_forward * 1e3,
+        "flaxinit (fwd)": t_lsuv / t_forward,
+        "straightforward (fwd)": t_straight / t_forward,
+        "straightforward passes": passes,
+        "compile fwd s": forward_compile,
+        "compile flaxinit s": lsuv_compile,
+        "compile ratio": lsuv_compile / forward_compile,
+        "compile straightforward s": probe_compile,
+        "pre-init ms": t_pre_ours * 1e3,
+        "jax orthogonal ms": t_pre_theirs * 1e3,
+        "pre-init ratio": t_pre_ours / t_pre_theirs,
+    }
+    print(
+        "  "
+        + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+        flush=True,
+    )
+    return row
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=None)
+    args = parser.parse_args()
+    repeats = args.repeats or (5 if args.quick else 11)
+    width, batch = (64, 64) if args.quick else (256, 256)
+    x = jax.random.normal(jax.random.key(1), (batch, width)) * 2 + 0.5
+    image = jax.random.normal(jax.random.key(2), (32 if args.quick else 64, 16, 16, 3))
+
+    print(f"machine: {machine()}")
+    print(f"median of {repeats} runs; MLP width {width}, batch {batch}\n")
+    rows = [bench(f"relu MLP depth {d}", MLP(d, width), x, repeats) for d in (20, 50, 100)]
+    rows.append(bench("conv net (4 convs)", ConvNet(), image, repeats))
+
+    columns = [
+        ("net", "{}"),
+        ("forward ms", "{:.2f}"),
+        ("flaxinit (fwd)", "{:.2f}"),
+        ("straightforward (fwd)", "{:.1f}"),
+        ("straightforward passes", "{}"),
+        ("compile fwd s", "{:.2f}"),
+        ("compile flaxinit s", "{:.2f}"),
+        ("compile ratio", "{:.2f}"),
+        ("compile straightforward s", "{:.2f}"),
+        ("pre-init ms", "{:.1f}"),
+        ("jax orthogonal ms", "{:.1f}"),
+        ("pre-init ratio", "{:.2f}"),
+    ]
+    print("\n| " + " | ".join(c for c, _ in columns) + " |")
+    print("|" + "---|" * len(columns))
+    for row in rows:
+        print("| " + " | ".join(f.format(row[c]) for c, f in columns) + " |")
+
+
+if __name__ == "__main__":
+    main()
