@@ -6,6 +6,8 @@ a factory), so it costs nothing inside ``jax.jit`` and fails before tracing.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import numbers
 from collections.abc import Callable, Sequence
@@ -192,3 +194,29 @@ def with_out_sharding(compute: Callable[[], jax.Array], out_sharding: OutShardin
 def empty(shape: tuple[int, ...], dtype: np.dtype, out_sharding: OutSharding) -> jax.Array:
     """The result for a shape with a 0-sized dim: an empty array, never a division by 0."""
     return with_out_sharding(lambda: jnp.zeros(shape, dtype), out_sharding)
+
+
+def _short(value: Any) -> str:
+    if callable(value) and hasattr(value, "__name__"):
+        return value.__name__
+    if isinstance(value, float):
+        return f"{value:g}"
+    return repr(value)
+
+
+def named_factory(factory: Callable[..., Initializer]) -> Callable[..., Initializer]:
+    """Names the initializers a factory builds after the call, e.g. ``he_normal()``.
+
+    The name is what reports (``explain_rules``, LSUV, diagnostics) print.
+    """
+    signature = inspect.signature(factory)
+
+    @functools.wraps(factory)
+    def build(*args, **kwargs):
+        init = factory(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
+        text = ", ".join(f"{k}={_short(v)}" for k, v in bound.arguments.items())
+        init.__name__ = init.__qualname__ = f"{factory.__name__}({text})"
+        return init
+
+    return build

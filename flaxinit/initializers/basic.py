@@ -19,6 +19,7 @@ from flaxinit.initializers._core import (
     check_shape,
     default_dtype,
     empty,
+    named_factory,
     sampling_dtype,
 )
 
@@ -75,6 +76,7 @@ def ones(
     return jnp.ones(shape, _constant_dtype(dtype, "ones"), out_sharding=out_sharding)
 
 
+@named_factory
 def constant(value, dtype: DTypeLike = None) -> Initializer:
     """An initializer that fills with ``value`` (a scalar, or an array that broadcasts).
 
@@ -109,6 +111,7 @@ def constant(value, dtype: DTypeLike = None) -> Initializer:
     return init
 
 
+@named_factory
 def normal(stddev: float = 1e-2, dtype: DTypeLike = None, *, mean: float = 0.0) -> Initializer:
     """Draws from N(mean, stddev^2).
 
@@ -143,6 +146,7 @@ def normal(stddev: float = 1e-2, dtype: DTypeLike = None, *, mean: float = 0.0) 
     return init
 
 
+@named_factory
 def uniform(scale: float = 1e-2, dtype: DTypeLike = None) -> Initializer:
     """Draws from U[0, scale): jax's one-sided convention.
 
@@ -171,6 +175,7 @@ def uniform(scale: float = 1e-2, dtype: DTypeLike = None) -> Initializer:
     return init
 
 
+@named_factory
 def uniform_range(
     minval: float = -1.0, maxval: float = 1.0, dtype: DTypeLike = None
 ) -> Initializer:
@@ -239,6 +244,7 @@ def _check_bounds(lower: float, upper: float, name: str) -> tuple[float, float]:
     return lower, upper
 
 
+@named_factory
 def truncated_normal(
     stddev: float = 1e-2,
     dtype: DTypeLike = None,
@@ -293,6 +299,7 @@ def truncated_normal(
     return init
 
 
+@named_factory
 def trunc_normal(
     mean: float = 0.0,
     std: float = 1.0,

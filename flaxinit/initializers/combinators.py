@@ -12,11 +12,13 @@ from flaxinit.initializers._core import (
     Initializer,
     check_number,
     check_shape,
+    named_factory,
     normalize_axes,
     with_out_sharding,
 )
 
 
+@named_factory
 def scaled(init: Initializer, factor: float) -> Initializer:
     """``init``'s draw multiplied by ``factor``.
 
@@ -40,6 +42,7 @@ def scaled(init: Initializer, factor: float) -> Initializer:
     return apply
 
 
+@named_factory
 def stacked(init: Initializer, axis: int = 0) -> Initializer:
     """Draws each slice along ``axis`` independently, with ``init`` and the slice's shape.
 
@@ -75,6 +78,7 @@ def stacked(init: Initializer, axis: int = 0) -> Initializer:
     return apply
 
 
+@named_factory
 def blockwise(init: Initializer, num_blocks: int, axis: int = -1) -> Initializer:
     """Splits ``axis`` into ``num_blocks`` equal blocks, each drawn on its own.
 

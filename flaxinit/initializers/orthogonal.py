@@ -17,6 +17,7 @@ from flaxinit.initializers._core import (
     check_number,
     check_shape,
     empty,
+    named_factory,
     normalize_axes,
     sampling_dtype,
     with_out_sharding,
@@ -31,6 +32,7 @@ def _orthogonal_matrix(key, shape, column_axis, dtype):
     return jnp.moveaxis(q, -1, column_axis)
 
 
+@named_factory
 def orthogonal(
     scale: float = 1.0,
     column_axis: int = -1,
@@ -116,6 +118,7 @@ def orthogonal(
     return init
 
 
+@named_factory
 def delta_orthogonal(
     scale: float = 1.0, column_axis: int = -1, dtype: DTypeLike = None
 ) -> Initializer:

@@ -15,11 +15,13 @@ from flaxinit.initializers._core import (
     check_number,
     check_shape,
     empty,
+    named_factory,
     sampling_dtype,
     with_out_sharding,
 )
 
 
+@named_factory
 def identity(scale: float = 1.0, dtype: DTypeLike = None) -> Initializer:
     """``scale`` times the identity matrix, for a 2-D ``(in, out)`` kernel.
 
@@ -56,6 +58,7 @@ def identity(scale: float = 1.0, dtype: DTypeLike = None) -> Initializer:
     return init
 
 
+@named_factory
 def dirac(groups: int = 1, scale: float = 1.0, dtype: DTypeLike = None) -> Initializer:
     """A conv kernel that passes its input through, channel for channel.
 
@@ -114,6 +117,7 @@ def dirac(groups: int = 1, scale: float = 1.0, dtype: DTypeLike = None) -> Initi
     return init
 
 
+@named_factory
 def sparse(
     sparsity: float | None = None,
     nonzero: int | None = None,

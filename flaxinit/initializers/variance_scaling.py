@@ -28,6 +28,7 @@ from flaxinit.initializers._core import (
     check_number,
     check_shape,
     empty,
+    named_factory,
     sampling_dtype,
 )
 from flaxinit.initializers.fans import calculate_gain, compute_fans
@@ -67,6 +68,7 @@ def _complex_truncated_normal(key, shape, dtype, out_sharding):
     return jax.lax.complex(r * jnp.cos(theta), r * jnp.sin(theta)).astype(dtype)
 
 
+@named_factory
 def variance_scaling(
     scale: float,
     mode: str,
@@ -167,6 +169,7 @@ def variance_scaling(
     return init
 
 
+@named_factory
 def glorot_uniform(
     in_axis: AxisSpec = -2, out_axis: AxisSpec = -1, batch_axis: AxisSpec = (), dtype=None
 ) -> Initializer:
@@ -180,6 +183,7 @@ def glorot_uniform(
     return variance_scaling(1.0, "fan_avg", "uniform", in_axis, out_axis, batch_axis, dtype)
 
 
+@named_factory
 def glorot_normal(
     in_axis: AxisSpec = -2, out_axis: AxisSpec = -1, batch_axis: AxisSpec = (), dtype=None
 ) -> Initializer:
@@ -196,6 +200,7 @@ def glorot_normal(
     )
 
 
+@named_factory
 def lecun_uniform(
     in_axis: AxisSpec = -2, out_axis: AxisSpec = -1, batch_axis: AxisSpec = (), dtype=None
 ) -> Initializer:
@@ -207,6 +212,7 @@ def lecun_uniform(
     return variance_scaling(1.0, "fan_in", "uniform", in_axis, out_axis, batch_axis, dtype)
 
 
+@named_factory
 def lecun_normal(
     in_axis: AxisSpec = -2, out_axis: AxisSpec = -1, batch_axis: AxisSpec = (), dtype=None
 ) -> Initializer:
@@ -218,6 +224,7 @@ def lecun_normal(
     return variance_scaling(1.0, "fan_in", "truncated_normal", in_axis, out_axis, batch_axis, dtype)
 
 
+@named_factory
 def he_uniform(
     in_axis: AxisSpec = -2, out_axis: AxisSpec = -1, batch_axis: AxisSpec = (), dtype=None
 ) -> Initializer:
@@ -229,6 +236,7 @@ def he_uniform(
     return variance_scaling(2.0, "fan_in", "uniform", in_axis, out_axis, batch_axis, dtype)
 
 
+@named_factory
 def he_normal(
     in_axis: AxisSpec = -2, out_axis: AxisSpec = -1, batch_axis: AxisSpec = (), dtype=None
 ) -> Initializer:
@@ -243,6 +251,7 @@ def he_normal(
     return variance_scaling(2.0, "fan_in", "truncated_normal", in_axis, out_axis, batch_axis, dtype)
 
 
+@named_factory
 def xavier_uniform(
     gain: float = 1.0,
     *,
@@ -263,6 +272,7 @@ def xavier_uniform(
     return variance_scaling(gain**2, "fan_avg", "uniform", in_axis, out_axis, batch_axis, dtype)
 
 
+@named_factory
 def xavier_normal(
     gain: float = 1.0,
     *,
@@ -293,6 +303,7 @@ def _kaiming_scale(name: str, a: float, mode: str, nonlinearity: str) -> float:
     return gain**2
 
 
+@named_factory
 def kaiming_uniform(
     a: float = 0.0,
     mode: str = "fan_in",
@@ -317,6 +328,7 @@ def kaiming_uniform(
     return variance_scaling(scale, mode, "uniform", in_axis, out_axis, batch_axis, dtype)
 
 
+@named_factory
 def kaiming_normal(
     a: float = 0.0,
     mode: str = "fan_in",

@@ -55,7 +55,9 @@ def _pre_init_fn(pre_init) -> Callable | None:
     )
 
 
-def _config(target_var, tol, max_iters, measure, activation, activation_bounds, center):
+def _config(
+    target_var, tol, max_iters, measure, activation, activation_bounds, center, solver="exact"
+):
     for name, value in (("target_var", target_var), ("tol", tol)):
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise TypeError(f"lsuv: {name} must be a number, got {name}={value!r}")
@@ -63,6 +65,8 @@ def _config(target_var, tol, max_iters, measure, activation, activation_bounds, 
             raise ValueError(f"lsuv: {name} must be finite and > 0, got {name}={value!r}")
     if isinstance(max_iters, bool) or not isinstance(max_iters, numbers.Integral) or max_iters < 1:
         raise ValueError(f"lsuv: max_iters must be an int >= 1, got max_iters={max_iters!r}")
+    if solver not in ("exact", "iterate"):
+        raise ValueError(f"lsuv: solver must be 'exact' or 'iterate', got solver={solver!r}")
     if measure not in ("output", "activation"):
         raise ValueError(f"lsuv: measure must be 'output' or 'activation', got measure={measure!r}")
     if measure == "activation" and not callable(activation):
@@ -83,6 +87,7 @@ def _config(target_var, tol, max_iters, measure, activation, activation_bounds, 
         center=bool(center),
         activation=activation if measure == "activation" else None,
         feasible=feasible,
+        solver=solver,
     )
 
 
@@ -101,6 +106,7 @@ def lsuv(
     activation_bounds: tuple[float, float] | None = None,
     pre_init: str | Callable | None = "orthogonal",
     center: bool = False,
+    solver: str = "exact",
     call_kwargs: Mapping[str, Any] | None = None,
 ):
     """Layer-sequential unit-variance initialization of a Linen or NNX model.
@@ -112,6 +118,12 @@ def lsuv(
     Biases are not scaled (the paper leaves them alone); with a bias the variance is
     ``c^2 Var(z) + 2c Cov(z, b) + Var(b)``, which is why rounds can exceed one.
 
+    * ``solver="exact"`` (default) solves ``Var(c) = target_var`` for ``c`` in closed
+      form from the output's moments: the fixed point the paper's iteration converges
+      to, reached in one round and exactly on target. ``solver="iterate"`` runs the
+      paper's rounds (a scalar ``lax.while_loop``); ``measure="activation"`` always
+      iterates. A target that scaling cannot reach (the bias alone has more variance)
+      is reported and the layer left unchanged.
     * ``measure="output"`` (default, the paper's choice) fits each layer's own output,
       before the nonlinearity that follows it. ``measure="activation"`` fits
       ``activation(output)`` instead; a target the activation cannot reach (a
@@ -157,6 +169,7 @@ def lsuv(
       pre_init: ``"orthogonal"`` (each kernel orthonormal from its inputs to its
         outputs, per stacked slice), an initializer, or ``None`` to keep the kernels.
       center: also shift the bias so the measured mean is 0.
+      solver: ``"exact"`` or ``"iterate"`` (pre-activation measurement only).
       call_kwargs: extra keyword arguments of the model's ``__call__``.
 
     Returns:
@@ -171,7 +184,9 @@ def lsuv(
       >>> report.converged
       True
     """
-    config = _config(target_var, tol, max_iters, measure, activation, activation_bounds, center)
+    config = _config(
+        target_var, tol, max_iters, measure, activation, activation_bounds, center, solver
+    )
     pre = _pre_init_fn(pre_init)
     check_batch(batch)
     key = jax.random.key(0) if key is None else key

@@ -6,9 +6,15 @@ gives ``y(c) = c z + b`` with ``z = f(x; W)``: once ``z`` is known, every LSUV r
 (``W <- W sqrt(target / Var)``) is an elementwise rescale, never another forward
 pass. For the default pre-activation measurement it is cheaper still: with the
 centred moments ``a = Var(z)``, ``m = Cov(z, b)``, ``v = Var(b)`` of the output
-blob, ``Var(c z + b) = c^2 a + 2 c m + v``, so the ``lax.while_loop`` runs on
-scalars. Folding ``c`` into the kernel afterwards reproduces exactly the output the
-rest of the network already saw.
+blob, ``Var(c z + b) = c^2 a + 2 c m + v``: the paper's iteration
+``c <- c sqrt(target / Var(c))`` converges to the positive root of
+``a c^2 + 2 m c + v = target``, which ``solver="exact"`` (the default) computes
+directly (one round, exactly on target, nothing to compile but a few scalar ops),
+and ``solver="iterate"`` reaches by the paper's rounds in a scalar
+``lax.while_loop``. Post-activation measurement has no closed form: it always
+iterates, each round an elementwise pass over the layer's cached output. Folding
+``c`` into the kernel afterwards reproduces exactly the output the rest of the
+network already saw.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ STATUS_NAMES = {
     OK: "ok",
     NOT_CONVERGED: "not converged",
     ZERO_VARIANCE: "zero variance: left unchanged",
-    INFEASIBLE: "target unreachable for the activation: left unchanged",
+    INFEASIBLE: "target unreachable: left unchanged",
     NON_FINITE: "non-finite output: left unchanged",
 }
 
@@ -40,6 +46,7 @@ class FitConfig:
     center: bool
     activation: Callable[[jax.Array], jax.Array] | None
     feasible: bool
+    solver: str = "exact"
 
 
 def _stats(y: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -52,19 +59,26 @@ def _stats(y: jax.Array) -> tuple[jax.Array, jax.Array]:
 def _moments(z: jax.Array, b: jax.Array):
     """Var(z), Cov(z, b), Var(b), mean(z), mean(b) over the output blob.
 
-    A bias that broadcasts along the trailing axes takes the same value at every
-    position, so its terms only need ``z``'s per-channel means.
+    Two reductions per layer, whatever its size: per-channel means of ``z`` and
+    ``z^2`` in one pass over the output, then one small reduction of the stacked
+    channel-level terms. A bias that broadcasts along the trailing axes is constant
+    across positions, so its terms only need ``z``'s per-channel means.
     """
-    z_mean, z_var = _stats(z)
-    if b.ndim == 0:
-        return z_var, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), z_mean, b
-    if b.shape == z.shape:
+    if b.ndim and b.shape == z.shape:
+        z_mean, z_var = _stats(z)
         b_mean, b_var = _stats(b)
         return z_var, jnp.mean((z - z_mean) * (b - b_mean)), b_var, z_mean, b_mean
-    channel_means = jnp.mean(z, axis=tuple(range(z.ndim - b.ndim)))
-    b_mean, b_var = _stats(b)
-    cov = jnp.mean((channel_means - z_mean) * (b - b_mean))
-    return z_var, cov, b_var, z_mean, b_mean
+    channel_axes = max(b.ndim, 1)
+    lead = tuple(range(1, z.ndim - channel_axes + 1))
+    channel_mean, channel_square = jnp.mean(jnp.stack([z, jnp.square(z)]), axis=lead)
+    b_full = jnp.broadcast_to(b, channel_mean.shape)
+    terms = jnp.stack(
+        [channel_mean, channel_square, b_full, jnp.square(b_full), channel_mean * b_full]
+    )
+    z_mean, z_square, b_mean, b_square, zb = jnp.mean(terms.reshape(5, -1), axis=1)
+    z_var = jnp.maximum(z_square - z_mean * z_mean, 0.0)
+    b_var = jnp.maximum(b_square - b_mean * b_mean, 0.0)
+    return z_var, zb - z_mean * b_mean, b_var, z_mean, b_mean
 
 
 def fit_layer(z: jax.Array, bias: jax.Array | None, config: FitConfig) -> dict[str, jax.Array]:
@@ -136,20 +150,10 @@ def fit_layer(z: jax.Array, bias: jax.Array | None, config: FitConfig) -> dict[s
     if not config.feasible:
         status = jnp.int32(INFEASIBLE)
         return _result(one, zero, var_before, var_before, jnp.int32(0), status)
+    if config.activation is None and config.solver == "exact":
+        return _solve(z_var, cov, b_var, var_before, target, tol, centred)
     d0 = centred(one, zero)
-    carry = (one, d0, variance(one, d0), jnp.int32(0))
-    if config.activation is None:
-        # Each round costs a few scalar flops: unroll the rounds with a mask rather
-        # than compile a while_loop per layer (cheaper to compile, same result).
-        for _ in range(config.max_iters):
-            active = cond(carry)
-            stepped = body(carry)
-            carry = tuple(
-                jnp.where(active, new, old) for new, old in zip(stepped, carry, strict=True)
-            )
-    else:
-        carry = jax.lax.while_loop(cond, body, carry)
-    c, d, var, rounds = carry
+    c, d, var, rounds = jax.lax.while_loop(cond, body, (one, d0, variance(one, d0), jnp.int32(0)))
     converged = jnp.abs(var - target) < tol
     status = jnp.where(converged, OK, NOT_CONVERGED)
     status = jnp.where(var_before <= 0, ZERO_VARIANCE, status)
@@ -162,6 +166,37 @@ def fit_layer(z: jax.Array, bias: jax.Array | None, config: FitConfig) -> dict[s
     return _result(c, d, var_before, var, rounds, status.astype(jnp.int32))
 
 
+def _solve(z_var, cov, b_var, var_before, target, tol, centred):
+    """The fixed point of the paper's iteration in closed form (pre-activation).
+
+    ``a c^2 + 2 m c + v = target`` has a positive root ``(-m + sqrt(m^2 - a (v -
+    target))) / a`` unless the bias alone carries more variance than the target
+    allows (``target < v - m^2 / a``): then the target is unreachable and the layer
+    is left unchanged, as is a layer whose bias-free output is constant (``a = 0``).
+    """
+    one = jnp.float32(1.0)
+    disc = cov * cov - z_var * (b_var - target)
+    root = (-cov + jnp.sqrt(jnp.maximum(disc, 0.0))) / jnp.where(z_var > 0, z_var, one)
+    needed = jnp.abs(var_before - target) >= tol
+    finite = jnp.isfinite(var_before) & jnp.isfinite(root)
+    zero_var = z_var <= 0
+    reachable = (disc >= 0) & (root > 0)
+    status = jnp.where(needed & ~reachable, INFEASIBLE, OK)
+    status = jnp.where(needed & zero_var, ZERO_VARIANCE, status)
+    status = jnp.where(~finite, NON_FINITE, status)
+    rescale = needed & reachable & ~zero_var & finite
+    c = jnp.where(rescale, root, one)
+    var_after = c * c * z_var + 2 * c * cov + b_var
+    return _result(
+        c,
+        centred(c, jnp.float32(0.0)),
+        var_before,
+        jnp.where(rescale, var_after, var_before),
+        rescale.astype(jnp.int32),
+        status.astype(jnp.int32),
+    )
+
+
 def _result(scale, shift, var_before, var_after, rounds, status):
     return {
         "scale": scale,
@@ -171,6 +206,24 @@ def _result(scale, shift, var_before, var_after, rounds, status):
         "rounds": rounds,
         "status": status,
     }
+
+
+FIELDS = ("scale", "shift", "var_before", "var_after", "rounds", "status")
+_INTEGER_FIELDS = ("rounds", "status")
+
+
+def pack(fit: dict[str, jax.Array]) -> jax.Array:
+    """The fit as one float32 vector (one value to carry out of the forward pass)."""
+    return jnp.stack([fit[field].astype(jnp.float32) for field in FIELDS], axis=-1)
+
+
+def unpack(packed: jax.Array) -> dict[str, jax.Array]:
+    """Inverse of :func:`pack`; works on stacked fits (leading layer axes)."""
+    out = {}
+    for i, field in enumerate(FIELDS):
+        value = packed[..., i]
+        out[field] = value.astype(jnp.int32) if field in _INTEGER_FIELDS else value
+    return out
 
 
 def rescaled_output(

@@ -11,11 +11,10 @@ import jax
 import jax.numpy as jnp
 from flax.core import meta
 
-from flaxinit.lsuv.fitting import FitConfig, fit_layer, rescaled_output
+from flaxinit.lsuv.fitting import FitConfig, fit_layer, pack, rescaled_output, unpack
 from flaxinit.lsuv.layers import LayerInfo, check_patterns_used, layer_key, make_selector
 
 DEFAULT_TYPES = (nn.Dense, nn.DenseGeneral, nn.Conv, nn.ConvTranspose, nn.Einsum)
-FIELDS = ("scale", "shift", "var_before", "var_after", "rounds", "status")
 _SOWN = "lsuv_"
 
 
@@ -124,8 +123,7 @@ def measure_and_fit(
             bias = next_fun(jnp.zeros_like(args[0]), *args[1:], **kwargs)
         z = out if bias is None else out - bias
         fit = fit_layer(z, bias, config)
-        for field in FIELDS:
-            module.sow("intermediates", _SOWN + field, fit[field])
+        module.sow("intermediates", _SOWN + "fit", pack(fit))
         return rescaled_output(z, bias, fit, out.dtype)
 
     with nn.intercept_methods(intercept):
@@ -134,19 +132,18 @@ def measure_and_fit(
     fits = []
     for info in layers:
         try:
-            node = _get(intermediates, info.kernel_path[1:-1])
-            sown = {field: node[_SOWN + field] for field in FIELDS}
+            sown = _get(intermediates, info.kernel_path[1:-1])[_SOWN + "fit"]
         except KeyError:
             raise ValueError(
                 f"lsuv: no measurement came back from {info.name!r}; if it sits inside nn.scan, "
                 "add 'intermediates': 0 to the scan's variable_axes"
             ) from None
-        if len(sown["scale"]) != 1:
+        if len(sown) != 1:
             raise ValueError(
-                f"lsuv: module {info.name!r} ran {len(sown['scale'])} times in one forward pass "
+                f"lsuv: module {info.name!r} ran {len(sown)} times in one forward pass "
                 "(shared weights); LSUV scales each kernel once: leave it out with layers="
             )
-        fits.append({field: values[0] for field, values in sown.items()})
+        fits.append(unpack(sown[0]))
     return fits
 
 

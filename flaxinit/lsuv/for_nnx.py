@@ -16,11 +16,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flaxinit.lsuv.fitting import FitConfig, fit_layer, rescaled_output
+from flaxinit.lsuv.fitting import FitConfig, fit_layer, pack, rescaled_output, unpack
 from flaxinit.lsuv.layers import LayerInfo, check_patterns_used, layer_key, make_selector
 
 DEFAULT_TYPES = (nnx.Linear, nnx.LinearGeneral, nnx.Conv, nnx.ConvTranspose, nnx.Einsum)
-FIELDS = ("scale", "shift", "var_before", "var_after", "rounds", "status")
 _MARK = "_flaxinit_lsuv"
 _SOWN = "lsuv_"
 _PATCH_LOCK = threading.Lock()
@@ -111,8 +110,7 @@ def _fitting_call(original, config: FitConfig, order: list[str]):
             bias = original(self, jnp.zeros_like(inputs), *args, **kwargs)
         z = out if bias is None else out - bias
         fit = fit_layer(z, bias, config)
-        for field in FIELDS:
-            self.sow(nnx.Intermediate, _SOWN + field, fit[field])
+        self.sow(nnx.Intermediate, _SOWN + "fit", pack(fit))
         return rescaled_output(z, bias, fit, out.dtype)
 
     return __call__
@@ -172,15 +170,15 @@ def build_program(model, *, layers, config, pre_init, call_kwargs):
                 node = sown
                 for part in path:
                     node = node[part]
-                values = {field: _unwrap(node[_SOWN + field]) for field in FIELDS}
+                sown_fit = _unwrap(node[_SOWN + "fit"])
             except (KeyError, IndexError, TypeError):
                 raise ValueError(f"lsuv: layer {info.name!r} was not called by the model") from None
-            if len(values["scale"]) != 1:
+            if len(sown_fit) != 1:
                 raise ValueError(
-                    f"lsuv: module {info.name!r} ran {len(values['scale'])} times in one forward "
+                    f"lsuv: module {info.name!r} ran {len(sown_fit)} times in one forward "
                     "pass (shared weights); LSUV scales each kernel once: leave it out with layers="
                 )
-            fit = {field: v[0] for field, v in values.items()}
+            fit = unpack(sown_fit[0])
             fits.append(fit)
             layer = _module_at(module, path)
             kernel = layer.kernel[...]

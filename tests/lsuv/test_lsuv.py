@@ -470,3 +470,33 @@ def test_sharded_batch_equals_unsharded():
     for a, b in zip(report, ref_report, strict=True):
         assert a.rounds == b.rounds
         assert a.var_after == pytest.approx(b.var_after, rel=1e-5)
+
+
+def test_iterate_solver_follows_the_paper():
+    model = LinenMLP(depth=8)
+    x = batch((128, 64))
+    variables, report = lsuv(model, None, x, key=KEY, solver="iterate", tol=0.01)
+    assert report.converged
+    assert all(r.rounds >= 1 for r in report)
+    for name, y in linen_output_vars(model, variables, x).items():
+        assert abs(variance_over_blob(y) - 1.0) < 0.01, name
+    exact, exact_report = lsuv(model, None, x, key=KEY)
+    assert {r.rounds for r in exact_report} <= {0, 1}
+    rounds = {r.path: r.rounds for r in exact_report}
+    for name, y in linen_output_vars(model, exact, x).items():
+        # one exact round lands on the target; a layer already within tol is left alone
+        assert abs(variance_over_blob(y) - 1.0) < (1e-4 if rounds[name] else TOL), name
+
+
+def test_bias_larger_than_target_is_unreachable():
+    class BigBias(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(64, bias_init=fi.normal(3.0))(x)
+
+    model = BigBias()
+    x = batch((64, 64))
+    variables = model.init(KEY, x)
+    new, report = lsuv(model, variables, x, key=KEY, pre_init=None)
+    assert report[0].status.startswith("target unreachable")
+    chex.assert_trees_all_equal(new, variables)
