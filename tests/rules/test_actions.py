@@ -208,7 +208,7 @@ def test_to_action_classifies_callables():
 
 
 def test_reprs():
-    assert repr(reinit(normal(0.02))) == "reinit(normal)"
+    assert repr(reinit(normal(0.02))) == "reinit(normal(stddev=0.02))"
     assert repr(reinit(zeros, name="he_normal")) == "reinit(he_normal)"
     assert (
         repr(reinit(zeros, in_axis=0, out_axis=(1, 2)))

@@ -589,7 +589,7 @@ def test_explain_on_abstract_and_stacked_trees():
     report = explain_rules(abstract, DEPTH_RULES)
     rec = report.by_path()["params/layers/out/kernel"]
     assert rec.stacked_axis == 0
-    assert rec.actions[0].startswith("per layer(axis 0, 3 layers): reinit(normal)")
+    assert rec.actions[0].startswith("per layer(axis 0, 3 layers): reinit(normal(stddev=0.02))")
     assert report.by_path()["params/layers/fc/bias"].actions[0].startswith("per layer")
     assert report.unmatched_rules == ()
     assert "stack@0" in str(report)
