@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a virtual environment in .venv (Python >= 3.11 and pip are all it needs),
 # installs flaxinit with its dev extra, then runs one job:
-#   ./quickstart.sh demo   the main job: why the initializer matters, per layer
+#   ./quickstart.sh demo   the main job: the doctor compares initializations of a deep
+#                          ReLU MLP on real data (table, verdicts, plots in results/doctor/)
 #   ./quickstart.sh test   lint (ruff) and the whole test suite (pytest, 2 workers)
 # Extra arguments go to the job (e.g. ./quickstart.sh test -k orthogonal).
 set -euo pipefail
@@ -19,7 +20,7 @@ fi
 
 case "$job" in
   demo)
-    exec .venv/bin/python -m flaxinit.demo "$@"
+    exec .venv/bin/python -m flaxinit.doctor "$@"
     ;;
   test)
     .venv/bin/ruff check .

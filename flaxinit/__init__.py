@@ -1,5 +1,17 @@
 """flaxinit: neural-network parameter initialization for JAX and Flax."""
 
+from flaxinit.diagnostics import (
+    ActivationRecord,
+    Finding,
+    GradientRecord,
+    HealthReport,
+    Thresholds,
+    WeightRecord,
+    activation_stats,
+    gradient_stats,
+    health_report,
+    weight_stats,
+)
 from flaxinit.initializers import (
     Initializer,
     blockwise,
@@ -53,11 +65,18 @@ from flaxinit.rules import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActivationRecord",
+    "Finding",
+    "GradientRecord",
+    "HealthReport",
     "Initializer",
     "LSUVReport",
     "LayerFit",
     "RuleContext",
     "RulesReport",
+    "Thresholds",
+    "WeightRecord",
+    "activation_stats",
     "apply_rules",
     "apply_rules_",
     "at",
@@ -71,8 +90,10 @@ __all__ = [
     "fill",
     "glorot_normal",
     "glorot_uniform",
+    "gradient_stats",
     "he_normal",
     "he_uniform",
+    "health_report",
     "identity",
     "kaiming_normal",
     "kaiming_uniform",
@@ -97,6 +118,7 @@ __all__ = [
     "uniform",
     "uniform_range",
     "variance_scaling",
+    "weight_stats",
     "xavier_normal",
     "xavier_uniform",
     "zeros",

@@ -1,0 +1,49 @@
+"""Diagnostics: an initialization's health before training, per layer, with plots.
+
+``health_report(model, x, labels, variables=...)`` runs a Linen or NNX model once on a
+batch, forward and backward, inside one ``jax.jit``. It measures every layer's
+activations, every parameter's gradient and every weight matrix's rank and symmetry. It
+then reports vanishing or exploding signals, saturated or dead units, unbroken symmetry
+and rank-deficient weights, each with an explanation and a suggested fix.
+``python -m flaxinit.doctor`` does this on built-in models and plots it.
+"""
+
+from flaxinit.diagnostics.activations import (
+    ActivationRecord,
+    activation_stats,
+    activation_values,
+)
+from flaxinit.diagnostics.data import digit_tokens, digits
+from flaxinit.diagnostics.gradients import GradientRecord, gradient_stats
+from flaxinit.diagnostics.models import CNN, GPT, MLP, NNXMLP
+from flaxinit.diagnostics.plots import plot_activation_histograms, plot_depth_profiles
+from flaxinit.diagnostics.probe import Activation, NNXActivation, Nonlinearity, nonlinearity
+from flaxinit.diagnostics.report import Finding, HealthReport, Thresholds, findings, health_report
+from flaxinit.diagnostics.weights import WeightRecord, weight_stats
+
+__all__ = [
+    "CNN",
+    "GPT",
+    "MLP",
+    "NNXMLP",
+    "Activation",
+    "ActivationRecord",
+    "Finding",
+    "GradientRecord",
+    "HealthReport",
+    "NNXActivation",
+    "Nonlinearity",
+    "Thresholds",
+    "WeightRecord",
+    "activation_stats",
+    "activation_values",
+    "digit_tokens",
+    "digits",
+    "findings",
+    "gradient_stats",
+    "health_report",
+    "nonlinearity",
+    "plot_activation_histograms",
+    "plot_depth_profiles",
+    "weight_stats",
+]

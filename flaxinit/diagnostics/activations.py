@@ -1,0 +1,281 @@
+"""Per-layer activation statistics: the forward signal, and the backward one given a loss."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from flaxinit.diagnostics import probe, records
+
+DEFAULT_SATURATION_LEVEL = 0.99
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class ActivationRecord:
+    """Statistics of one layer output (a *site*, see :mod:`flaxinit.diagnostics.probe`).
+
+    The numbers are Python floats. Inside a user's ``jax.jit`` they are 0-d arrays: the
+    record is a pytree whose static fields are the path, kind and names.
+
+    Attributes:
+      path: the module path, e.g. ``"Dense_3"`` (Linen) or ``"layers/3"`` (NNX).
+      index: position in execution order among all sites (0-based).
+      depth: the number of linear layers run so far, this one included (1-based). An
+        activation has the depth of the linear layer it follows.
+      kind: ``"linear"`` (a pre-activation) or ``"activation"``.
+      module: the layer's class name.
+      activation: the nonlinearity that ``dead_fraction`` and ``saturated_fraction``
+        refer to. For an activation site this is its own function. For a linear site it
+        is the declared ``activation=``, applied to this output; it is ``None`` when
+        nothing was declared and for the last linear layer.
+      shape: the output's shape.
+      mean: ``mean(y)`` over every element (examples, positions, features).
+      var: ``mean((y - mean)**2)``, as ``std**2``: below std ~1e-19 it underflows to 0 in
+        float32, while ``std`` does not.
+      std: ``sqrt(mean((y - mean)**2))``, computed with ``y - mean`` scaled by its
+        largest magnitude, so a vanished signal of 1e-30 reads 1e-30, not 0.
+      zero_fraction: ``mean(y == 0)``: exact zeros of the output itself.
+      dead_fraction: for a rectifier (relu, relu6), the fraction of units (last axis) that
+        are 0 for every example and position in the batch. A unit like that gets no
+        gradient. ``None`` for other nonlinearities.
+      saturated_fraction: for a bounded nonlinearity with range ``(lo, hi)``, the fraction
+        of outputs with ``|a - c| > level * h``, where ``c = (lo + hi) / 2``,
+        ``h = (hi - lo) / 2`` and ``level`` is ``saturation_level``. For tanh at 0.99 that
+        is ``|tanh| > 0.99``, where the slope is below 0.02. ``None`` otherwise.
+      grad_rms: ``sqrt(mean(g**2))`` with ``g = dLoss/dy`` (scaled like ``std``): the
+        backward signal that reaches this output. ``None`` without a loss.
+    """
+
+    path: str = dataclasses.field(metadata={"static": True})
+    index: int = dataclasses.field(metadata={"static": True})
+    depth: int = dataclasses.field(metadata={"static": True})
+    kind: str = dataclasses.field(metadata={"static": True})
+    module: str = dataclasses.field(metadata={"static": True})
+    activation: str | None = dataclasses.field(metadata={"static": True})
+    shape: tuple[int, ...] = dataclasses.field(metadata={"static": True})
+    mean: Any
+    var: Any
+    std: Any
+    zero_fraction: Any
+    dead_fraction: Any
+    saturated_fraction: Any
+    grad_rms: Any
+
+
+def l2_norm(x: jax.Array) -> jax.Array:
+    """``sqrt(sum(x**2))``, scaled by ``max|x|`` first so that tiny values do not underflow.
+
+    In float32, ``x**2`` is 0 below ~1e-23: an unscaled sum would call a vanished
+    signal of 1e-25 exactly 0.
+
+    Example:
+      >>> from flaxinit.diagnostics.activations import l2_norm
+      >>> print(f"{float(l2_norm(jnp.array([3e-30, 4e-30]))):.3g}")
+      5e-30
+    """
+    x = x.astype(jnp.float32)
+    scale = jnp.max(jnp.abs(x))
+    safe = jnp.where(scale > 0, scale, 1.0)
+    return scale * jnp.sqrt(jnp.sum(jnp.square(x / safe)))
+
+
+def unit_fractions(
+    a: jax.Array, nl: probe.Nonlinearity | None, level: float
+) -> tuple[jax.Array | None, jax.Array | None]:
+    """``(dead_fraction, saturated_fraction)`` of activations ``a`` for nonlinearity ``nl``.
+
+    Example:
+      >>> from flaxinit.diagnostics.activations import unit_fractions
+      >>> from flaxinit.diagnostics import nonlinearity
+      >>> a = jnp.array([[0.0, 1.0], [0.0, 2.0]])
+      >>> dead, sat = unit_fractions(a, nonlinearity("relu"), 0.99)
+      >>> float(dead), sat
+      (0.5, None)
+    """
+    if nl is None or nl.family is None:
+        return None, None
+    if nl.family == "rectifier":
+        units = a.reshape(-1, a.shape[-1]) if a.ndim else a.reshape(1, 1)
+        return jnp.mean(jnp.all(units == 0, axis=0)), None
+    lo, hi = nl.bounds
+    c, h = (lo + hi) / 2, (hi - lo) / 2
+    return None, jnp.mean(jnp.abs(a - c) > level * h)
+
+
+def site_row(
+    site: probe.Site,
+    index: int,
+    depth: int,
+    y: jax.Array,
+    delta: jax.Array | None,
+    declared: probe.Nonlinearity | None,
+    level: float,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The static and numeric fields of the :class:`ActivationRecord` of output ``y``.
+
+    ``delta`` is dLoss/dy, or ``None``.
+    """
+    y = y.astype(jnp.float32)
+    mean = jnp.mean(y)
+    std = l2_norm(y - mean) / jnp.sqrt(jnp.float32(y.size))
+    nl = site.nonlinearity if site.kind == "activation" else declared
+    a = y if site.kind == "activation" or nl is None else nl.fn(y).astype(jnp.float32)
+    dead, saturated = unit_fractions(a, nl, level)
+    grad_rms = None
+    if delta is not None:
+        grad_rms = l2_norm(delta) / jnp.sqrt(jnp.float32(delta.size))
+    static = {
+        "path": site.path,
+        "index": index,
+        "depth": depth,
+        "kind": site.kind,
+        "module": site.module,
+        "activation": None if nl is None else nl.name,
+        "shape": tuple(y.shape),
+    }
+    numeric = {
+        "mean": mean,
+        "var": jnp.square(std),
+        "std": std,
+        "zero_fraction": jnp.mean(y == 0),
+        "dead_fraction": dead,
+        "saturated_fraction": saturated,
+        "grad_rms": grad_rms,
+    }
+    return static, numeric
+
+
+def activation_records(capture: probe.Capture, level: float) -> records.Packed:
+    """The records of every site of a :class:`~flaxinit.diagnostics.probe.Capture`, packed.
+
+    Call inside a trace; :func:`~flaxinit.diagnostics.records.unpack` gives the
+    :class:`ActivationRecord` s in execution order. The declared activation applies to
+    every linear site except the last one.
+    """
+    linear = [k for k, s in enumerate(capture.sites) if s.kind == "linear"]
+    last_linear = linear[-1] if linear else -1
+    rows, depth = [], 0
+    for k, (site, y) in enumerate(zip(capture.sites, capture.outputs, strict=True)):
+        depth += site.kind == "linear"
+        declared = capture.declared if k != last_linear else None
+        delta = None if capture.deltas is None else capture.deltas[k]
+        rows.append(site_row(site, k, depth, y, delta, declared, level))
+    return records.pack(ActivationRecord, rows)
+
+
+@jax.jit(static_argnums=(0, 1, 2))
+def _activation_pass(spec, gradients, level, dynamic, x, labels):
+    capture = probe.run(spec, dynamic, x, labels, gradients=gradients)
+    return activation_records(capture, level)
+
+
+def activation_stats(
+    model: Any,
+    x: Any,
+    labels: Any = None,
+    *,
+    variables: Any = None,
+    activation: str | Callable[[jax.Array], jax.Array] | None = None,
+    loss_fn: Callable[[Any, Any], jax.Array] | None = None,
+    saturation_level: float = DEFAULT_SATURATION_LEVEL,
+    call_kwargs: Mapping[str, Any] | None = None,
+) -> tuple[ActivationRecord, ...]:
+    """Per-layer statistics of a Linen or NNX model's activations on a batch, in execution order.
+
+    One ``jax.jit``-compiled pass, cached on the model's definition. The model is run
+    as ``model.apply(variables, x, **call_kwargs)`` (Linen) or ``model(x, **call_kwargs)``
+    (NNX). It is not modified.
+
+    Each linear layer's output (the pre-activation) and each :class:`Activation` /
+    :class:`NNXActivation` output gets a record with ``mean``, ``var``, ``std``, the
+    fraction of exact zeros, the fraction of dead units (relu-like) and the fraction of
+    saturated outputs (tanh/sigmoid-like). With ``labels`` (or ``loss_fn``) the pass also
+    runs backward and fills ``grad_rms``, the RMS of dLoss/d(output).
+
+    Args:
+      model: a ``flax.linen.Module`` (with ``variables``) or a ``flax.nnx.Module``.
+      x: the input batch.
+      labels: targets for the loss. Integer labels give softmax cross-entropy, floats give
+        mean squared error.
+      variables: the Linen variables (``model.init(...)``); ``None`` for NNX.
+      activation: the nonlinearity that follows each linear layer, for models that call it
+        as a bare function. It is applied to every linear output except the last.
+      loss_fn: ``loss_fn(outputs, labels) -> scalar`` replacing the default.
+      saturation_level: see :attr:`ActivationRecord.saturated_fraction`.
+      call_kwargs: extra keyword arguments of the call, e.g. ``{"train": False}``.
+        Hashable values only: they are static under ``jax.jit``.
+
+    Returns:
+      A tuple of :class:`ActivationRecord`, in execution order.
+
+    Example:
+      >>> from flaxinit.diagnostics import MLP, activation_stats
+      >>> model = MLP(depth=2, width=8, activation="relu")
+      >>> x = jnp.ones((4, 3))
+      >>> variables = model.init(jax.random.key(0), x)
+      >>> [(r.path, r.kind) for r in activation_stats(model, x, variables=variables)]
+      [('Dense_0', 'linear'), ('Activation_0', 'activation'), ('Dense_1', 'linear'), ('Activation_1', 'activation'), ('Dense_2', 'linear')]
+    """  # noqa: E501
+    spec, dynamic = probe.prepare(
+        model, variables, activation=activation, loss_fn=loss_fn, call_kwargs=call_kwargs
+    )
+    gradients = probe.has_loss(probe.unwrap(spec), labels)
+    packed = _activation_pass(spec, gradients, float(saturation_level), dynamic, x, labels)
+    return records.unpack(packed)
+
+
+@jax.jit(static_argnums=0)
+def _values_pass(spec, dynamic, x):
+    capture = probe.run(spec, dynamic, x, gradients=False)
+    return capture.outputs
+
+
+def activation_values(
+    model: Any,
+    x: Any,
+    *,
+    variables: Any = None,
+    call_kwargs: Mapping[str, Any] | None = None,
+) -> dict[str, jax.Array]:
+    """Every site's output itself, by path, in execution order: for histograms.
+
+    A path seen again (a shared layer) gets ``#2``, ``#3``, ... appended. The pass is
+    jitted. The outputs are the arrays themselves, so they can be large.
+
+    Example:
+      >>> from flaxinit.diagnostics import MLP, activation_values
+      >>> model = MLP(depth=1, width=8)
+      >>> x = jnp.ones((4, 3))
+      >>> values = activation_values(model, x, variables=model.init(jax.random.key(0), x))
+      >>> {k: v.shape for k, v in values.items()}
+      {'Dense_0': (4, 8), 'Activation_0': (4, 8), 'Dense_1': (4, 10)}
+    """
+    spec, dynamic = probe.prepare(model, variables, call_kwargs=call_kwargs)
+    outputs = _values_pass(spec, dynamic, x)
+    # Site paths come from a trace, not from the (cached) compiled call: trace once, abstractly.
+    sites = _site_paths(spec, dynamic, x)
+    out: dict[str, jax.Array] = {}
+    for path, value in zip(sites, outputs, strict=True):
+        key, n = path, 1
+        while key in out:
+            n += 1
+            key = f"{path}#{n}"
+        out[key] = value
+    return out
+
+
+def _site_paths(spec: Any, dynamic: Any, x: Any) -> list[str]:
+    paths: list[str] = []
+
+    def trace(dynamic, x):
+        capture = probe.run(spec, dynamic, x, gradients=False)
+        paths.extend(s.path for s in capture.sites)
+        return capture.outputs
+
+    jax.eval_shape(trace, dynamic, x)
+    return paths

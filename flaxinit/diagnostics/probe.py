@@ -1,0 +1,455 @@
+"""The probe: run a Linen or NNX model once and record, in execution order, every layer's output.
+
+Every diagnostic is computed from one traced run of the model (:func:`run`), inside a single
+``jax.jit``. The run records two kinds of *sites*:
+
+* ``"linear"``: the output of every linear layer, i.e. the pre-activation. These are the
+  Linen types in :data:`LINEN_LINEAR` (``Dense``, ``DenseGeneral``, ``Conv``, ``ConvLocal``,
+  ``ConvTranspose``, ``Einsum``, ``Embed``) and the NNX types in :data:`NNX_LINEAR`
+  (``Linear``, ``LinearGeneral``, ``Conv``, ``ConvTranspose``, ``Einsum``, ``Embed``),
+  subclasses included.
+* ``"activation"``: the output of an :class:`Activation` (Linen) or :class:`NNXActivation`
+  (NNX) layer. These wrap a nonlinearity so that it can be seen. A bare ``jax.nn.relu(x)``
+  call in a model's ``__call__`` is an ordinary function call and cannot be observed. For
+  such models, declare the nonlinearity with the ``activation=`` argument of the
+  diagnostics. It is then applied to every linear output except the last, which is right
+  for plain MLP and CNN stacks. It is wrong inside attention blocks, so wrap the
+  nonlinearity there instead.
+
+How the values are taken:
+
+* Linen: with ``flax.linen.intercept_methods``.
+* NNX: it has no interceptor, so ``__call__`` of every module class in the model is wrapped
+  for the duration of the trace. ``nnx.capture`` does the same, but it returns its values
+  sorted by path, and this probe needs execution order. The wrapping is undone afterwards.
+  It is not thread-safe while a trace runs.
+
+Other behaviour:
+
+* When a layer subclass calls ``super().__call__``, only the outermost call of a module
+  instance is recorded.
+* A layer called twice (shared weights) gives two sites with the same path.
+* Layers inside ``nn.scan`` / ``nnx.scan`` / ``remat`` bodies are traced separately by those
+  transforms. They cannot be probed this way; unroll them for diagnosis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import re
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+LINEN_LINEAR: tuple[type, ...] = (
+    nn.Dense,
+    nn.DenseGeneral,
+    nn.Conv,
+    nn.ConvLocal,
+    nn.ConvTranspose,
+    nn.Einsum,
+    nn.Embed,
+)
+NNX_LINEAR: tuple[type, ...] = (
+    nnx.Linear,
+    nnx.LinearGeneral,
+    nnx.Conv,
+    nnx.ConvTranspose,
+    nnx.Einsum,
+    nnx.Embed,
+)
+
+# Nonlinearities whose output is exactly 0 on half the line: a unit can die.
+RECTIFIERS = frozenset({"relu", "relu6"})
+# Bounded nonlinearities and their output range: a unit can saturate at either end.
+SATURATING: Mapping[str, tuple[float, float]] = {
+    "tanh": (-1.0, 1.0),
+    "hard_tanh": (-1.0, 1.0),
+    "soft_sign": (-1.0, 1.0),
+    "sigmoid": (0.0, 1.0),
+    "hard_sigmoid": (0.0, 1.0),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Nonlinearity:
+    """A nonlinearity and its family.
+
+    Attributes:
+      name: the function's name, e.g. ``"relu"``.
+      fn: the function.
+      family: ``"rectifier"`` (exact zeros: relu, relu6), ``"saturating"`` (bounded: tanh,
+        sigmoid, hard_tanh, soft_sign, hard_sigmoid) or ``None`` (gelu, silu, elu, ...:
+        neither dead units nor saturation are defined for them).
+      bounds: the output range ``(low, high)`` of a saturating nonlinearity.
+    """
+
+    name: str
+    fn: Callable[[jax.Array], jax.Array]
+    family: str | None
+    bounds: tuple[float, float] | None = None
+
+
+def nonlinearity(fn: str | Callable[[jax.Array], jax.Array]) -> Nonlinearity:
+    """Classifies a nonlinearity given as a function or as a ``jax.nn`` / ``jax.numpy`` name.
+
+    Classification is by name: ``functools.partial`` objects are unwrapped, and unknown
+    names get family ``None``.
+
+    Example:
+      >>> from flaxinit.diagnostics import nonlinearity
+      >>> nonlinearity("relu").family, nonlinearity(jnp.tanh).bounds
+      ('rectifier', (-1.0, 1.0))
+    """
+    if isinstance(fn, str):
+        name = fn
+        found = getattr(jax.nn, name, None) or getattr(jnp, name, None)
+        if not callable(found):
+            raise ValueError(f"nonlinearity: no jax.nn or jax.numpy function named {name!r}")
+        fn = found
+    elif callable(fn):
+        inner = fn
+        while isinstance(inner, functools.partial):
+            inner = inner.func
+        name = getattr(inner, "__name__", type(inner).__name__)
+    else:
+        raise TypeError(f"nonlinearity: expected a function or a name, got {fn!r}")
+    if name in RECTIFIERS:
+        return Nonlinearity(name, fn, "rectifier")
+    if name in SATURATING:
+        return Nonlinearity(name, fn, "saturating", SATURATING[name])
+    return Nonlinearity(name, fn, None)
+
+
+class Activation(nn.Module):
+    """A Linen layer that applies ``fn``. The diagnostics measure its output as an activation.
+
+    Example:
+      >>> import flax.linen as nn
+      >>> from flaxinit.diagnostics import Activation
+      >>> net = nn.Sequential([nn.Dense(4), Activation(jax.nn.relu), nn.Dense(2)])
+    """
+
+    fn: Callable[[jax.Array], jax.Array] = jax.nn.relu
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fn(x)
+
+
+class NNXActivation(nnx.Module):
+    """An NNX layer that applies ``fn``. The diagnostics measure its output as an activation.
+
+    Example:
+      >>> from flax import nnx
+      >>> from flaxinit.diagnostics import NNXActivation
+      >>> act = NNXActivation(jnp.tanh)
+    """
+
+    def __init__(self, fn: Callable[[jax.Array], jax.Array] = jax.nn.relu):
+        self.fn = fn
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fn(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class Site:
+    """One recorded layer output: the module's path, its kind, its class and nonlinearity."""
+
+    path: str
+    kind: str  # "linear" | "activation"
+    module: str
+    nonlinearity: Nonlinearity | None
+
+
+def _site(module: Any, path: str) -> Site | None:
+    name = type(module).__name__
+    if isinstance(module, (Activation, NNXActivation)):
+        return Site(path or name, "activation", name, nonlinearity(module.fn))
+    if isinstance(module, LINEN_LINEAR + NNX_LINEAR):
+        return Site(path or name, "linear", name, None)
+    return None
+
+
+class _Recorder:
+    """Trace-time log of sites, their outputs and module first-call order."""
+
+    def __init__(self, perturbations: Sequence[jax.Array] | None):
+        self.perturbations = perturbations
+        self.sites: list[Site] = []
+        self.outputs: list[jax.Array] = []
+        self.modules: list[str] = []
+        self._seen: set[str] = set()
+        self._active: set[int] = set()
+
+    def call(self, module: Any, path: str, method: str, fn: Callable, args, kwargs) -> Any:
+        if path not in self._seen:
+            self._seen.add(path)
+            self.modules.append(path)
+        if id(module) in self._active:  # an inner super().__call__: the outer call records
+            return fn(*args, **kwargs)
+        self._active.add(id(module))
+        try:
+            out = fn(*args, **kwargs)
+        finally:
+            self._active.discard(id(module))
+        site = _site(module, path) if method == "__call__" else None
+        if site is None or not isinstance(out, jax.Array):
+            return out
+        if not jnp.issubdtype(out.dtype, jnp.floating):
+            return out
+        if self.perturbations is not None:
+            # A zero added here: its gradient is dLoss/d(output) of this site.
+            out = out + self.perturbations[len(self.outputs)]
+        self.sites.append(site)
+        self.outputs.append(out)
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """The static half of a probed model: hashable, so jitted passes are cached on it."""
+
+    framework: str  # "linen" | "nnx"
+    definition: Any  # the Linen module, or the NNX GraphDef
+    activation: Nonlinearity | None
+    loss_fn: Callable[[Any, Any], jax.Array] | None
+    call_kwargs: tuple[tuple[str, Any], ...]
+
+
+class _ByIdentity:
+    """Hashes an unhashable spec by identity: no caching across calls, still one compile."""
+
+    def __init__(self, spec: Spec):
+        self.spec = spec
+
+
+def prepare(
+    model: Any,
+    variables: Any = None,
+    *,
+    activation: str | Callable | None = None,
+    loss_fn: Callable[[Any, Any], jax.Array] | None = None,
+    call_kwargs: Mapping[str, Any] | None = None,
+) -> tuple[Hashable, Any]:
+    """Splits a model into a static spec and its dynamic state (Linen variables or NNX states).
+
+    Linen models need ``variables`` (as returned by ``model.init``; a dict without a
+    ``"params"`` key is taken to be the params). NNX models carry their own state and
+    must not get ``variables``.
+    """
+    declared = None if activation is None else nonlinearity(activation)
+    kwargs = tuple(sorted((call_kwargs or {}).items()))
+    if isinstance(model, nn.Module):
+        if variables is None:
+            raise ValueError("a Linen model needs its variables: pass variables=model.init(...)")
+        variables = dict(variables)
+        if "params" not in variables:
+            variables = {"params": variables}
+        spec = Spec("linen", model, declared, loss_fn, kwargs)
+        dynamic = variables
+    elif isinstance(model, nnx.Module):
+        if variables is not None:
+            raise ValueError("an NNX model carries its own state: do not pass variables")
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        spec = Spec("nnx", graphdef, declared, loss_fn, kwargs)
+        dynamic = (params, rest)
+    else:
+        raise TypeError(f"expected a flax.linen or flax.nnx Module, got {type(model).__name__}")
+    try:
+        hash(spec)
+    except TypeError:
+        return _ByIdentity(spec), dynamic
+    return spec, dynamic
+
+
+def unwrap(spec: Hashable) -> Spec:
+    """The :class:`Spec` behind :func:`prepare`'s first result."""
+    return spec.spec if isinstance(spec, _ByIdentity) else spec
+
+
+def params_of(spec: Spec, dynamic: Any) -> Any:
+    """The trainable parameters: Linen ``variables["params"]``, or the NNX ``Param`` state."""
+    return dynamic["params"] if spec.framework == "linen" else dynamic[0]
+
+
+def _forward(spec: Spec, dynamic: Any, params: Any, x: Any, rec: _Recorder) -> Any:
+    kwargs = dict(spec.call_kwargs)
+    if spec.framework == "linen":
+
+        def interceptor(next_fun, args, kw, ctx):
+            name = ctx.method_name
+            if name == "setup" or (name.startswith("_") and name != "__call__"):
+                return next_fun(*args, **kw)
+            path = "/".join(ctx.module.path)
+            return rec.call(ctx.module, path, ctx.method_name, next_fun, args, kw)
+
+        with nn.intercept_methods(interceptor):
+            out = spec.definition.apply({**dynamic, "params": params}, x, **kwargs)
+        return out[0] if "mutable" in kwargs else out
+    model = nnx.merge(spec.definition, params, dynamic[1])
+    paths = {id(m): "/".join(map(str, p)) for p, m in nnx.iter_modules(model)}
+    with _wrapped_nnx_calls(model, rec, paths):
+        return model(x, **kwargs)
+
+
+class _wrapped_nnx_calls:
+    """Wraps ``__call__`` of every module class in ``model`` for one trace, then restores it."""
+
+    def __init__(self, model: nnx.Module, rec: _Recorder, paths: Mapping[int, str]):
+        classes = {type(m) for _, m in nnx.iter_modules(model)}
+        self.owners = {
+            cls
+            for t in classes
+            for cls in t.__mro__
+            if "__call__" in cls.__dict__ and issubclass(cls, nnx.Module)
+        }
+        self.rec, self.paths, self.saved = rec, paths, {}
+
+    def __enter__(self):
+        for cls in self.owners:
+            orig = cls.__dict__["__call__"]
+            self.saved[cls] = orig
+
+            def wrapper(module, *args, _orig=orig, **kwargs):
+                path = self.paths.get(id(module), type(module).__name__)
+                bound = functools.partial(_orig, module)
+                return self.rec.call(module, path, "__call__", bound, args, kwargs)
+
+            cls.__call__ = functools.wraps(orig)(wrapper)
+        return self
+
+    def __exit__(self, *exc):
+        for cls, orig in self.saved.items():
+            cls.__call__ = orig
+        return False
+
+
+def default_loss(outputs: jax.Array, labels: jax.Array) -> jax.Array:
+    """Softmax cross-entropy for integer labels (mean over examples), else mean squared error.
+
+    ``mean(-log softmax(outputs)[labels])`` or ``mean((outputs - labels)**2)``.
+    """
+    if jnp.issubdtype(jnp.asarray(labels).dtype, jnp.integer):
+        return optax.softmax_cross_entropy_with_integer_labels(outputs, labels).mean()
+    return jnp.mean(jnp.square(outputs - labels))
+
+
+@dataclasses.dataclass
+class Capture:
+    """What one probed run saw. Lives only inside a trace (its arrays may be tracers).
+
+    ``deltas[k]`` is dLoss/d(outputs[k]); ``grads`` is dLoss/d(params). Both are ``None``
+    without a loss. ``modules`` lists module paths in first-call order.
+    """
+
+    sites: tuple[Site, ...]
+    outputs: list[jax.Array]
+    deltas: list[jax.Array] | None
+    params: Any
+    grads: Any
+    modules: tuple[str, ...]
+    declared: Nonlinearity | None
+
+
+def has_loss(spec: Spec, labels: Any) -> bool:
+    """Whether a loss (hence gradients) is defined: labels were given, or a loss function."""
+    return labels is not None or spec.loss_fn is not None
+
+
+def run(spec: Hashable, dynamic: Any, x: Any, labels: Any = None, *, gradients: bool) -> Capture:
+    """Runs the model once on ``x``, recording every site; with ``gradients``, also backward.
+
+    The loss is ``loss_fn(outputs, labels)``, default :func:`default_loss`. Gradients with
+    respect to each site's output come from zero perturbations added to it, which leaves
+    the forward values unchanged. Call this inside ``jax.jit``.
+    """
+    spec = unwrap(spec)
+    params = params_of(spec, dynamic)
+    if not gradients:
+        rec = _Recorder(None)
+        _forward(spec, dynamic, params, x, rec)
+        return Capture(
+            tuple(rec.sites), rec.outputs, None, params, None, tuple(rec.modules), spec.activation
+        )
+    loss_fn = spec.loss_fn or default_loss
+    shapes = jax.eval_shape(lambda p: _recorded_outputs(spec, dynamic, p, x), params)
+    zeros = [jnp.zeros(s.shape, s.dtype) for s in shapes]
+    recs: list[_Recorder] = []
+
+    def loss(p, perturbations):
+        rec = _Recorder(perturbations)
+        recs.append(rec)
+        out = _forward(spec, dynamic, p, x, rec)
+        return loss_fn(out, labels), rec.outputs
+
+    (_, outputs), (grads, deltas) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+        params, zeros
+    )
+    rec = recs[-1]
+    return Capture(
+        tuple(rec.sites), outputs, deltas, params, grads, tuple(rec.modules), spec.activation
+    )
+
+
+def _recorded_outputs(spec: Spec, dynamic: Any, params: Any, x: Any) -> list[jax.Array]:
+    rec = _Recorder(None)
+    _forward(spec, dynamic, params, x, rec)
+    return rec.outputs
+
+
+def blas_single_threaded() -> contextlib.AbstractContextManager:
+    """Limits OpenBLAS to one thread while a pass runs, when ``threadpoolctl`` is installed.
+
+    On CPU, jax's SVD calls LAPACK through scipy's multi-threaded OpenBLAS. Its threads
+    busy-wait against XLA's own thread pool: on a loaded 2-core machine, 30 SVDs of
+    256x256 took 0.7-20 s instead of 0.1 s. ``threadpoolctl`` comes with scikit-learn;
+    without it, this does nothing.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - depends on the environment
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
+def path_str(keypath: Sequence[Any]) -> str:
+    """``a/b/0/kernel`` from a jax key path; a trailing ``.value`` (NNX, boxes) is dropped."""
+    parts = []
+    for k in keypath:
+        if isinstance(k, jax.tree_util.DictKey):
+            parts.append(str(k.key))
+        elif isinstance(k, jax.tree_util.GetAttrKey):
+            parts.append(k.name)
+        elif isinstance(k, jax.tree_util.SequenceKey):
+            parts.append(str(k.idx))
+        else:
+            parts.append(str(k))
+    if parts and parts[-1] == "value" and isinstance(keypath[-1], jax.tree_util.GetAttrKey):
+        parts.pop()
+    return "/".join(parts)
+
+
+def natural_key(path: str) -> tuple:
+    """Sort key that puts ``layers/2`` before ``layers/10``."""
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path))
+
+
+def module_rank(path: str, modules: Sequence[str]) -> int:
+    """Position of a parameter's module (its path minus the last part) in first-call order.
+
+    Parameters of modules that were never called rank after all called ones.
+    """
+    module = path.rpartition("/")[0]
+    try:
+        return modules.index(module)
+    except ValueError:
+        return len(modules)

@@ -1,0 +1,87 @@
+"""One jitted pass: repeated calls reuse the compile; records are pytrees; outputs in order.
+
+Stats inside a user's ``jax.jit`` are checked against numpy in test_numpy_agreement.py.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flaxinit.diagnostics import (
+    MLP,
+    ActivationRecord,
+    activation_stats,
+    activation_values,
+    health_report,
+)
+from flaxinit.diagnostics import report as report_module
+
+
+@pytest.fixture(scope="module")
+def xy():
+    kx, ky = jax.random.split(jax.random.key(3))
+    return jax.random.normal(kx, (16, 5)), jax.random.randint(ky, (16,), 0, 10)
+
+
+def test_records_are_pytrees_with_static_names():
+    leaves, treedef = jax.tree.flatten(
+        ActivationRecord(
+            "a", 0, 1, "linear", "Dense", None, (2,), 1.0, 2.0, 3.0, 0.0, None, None, None
+        )
+    )
+    assert leaves == [1.0, 2.0, 3.0, 0.0]
+    assert jax.tree.unflatten(treedef, leaves).path == "a"
+
+
+TRACES: list = []
+
+
+class _Counting(nn.Module):
+    """Counts how often it is traced (in a global: a field must stay hashable)."""
+
+    @nn.compact
+    def __call__(self, x):
+        TRACES.append(1)
+        return nn.Dense(3)(jnp.tanh(nn.Dense(4)(x)))
+
+
+def test_one_compile_per_model_reused_across_variables(xy):
+    x, y = xy
+    TRACES.clear()
+    model = _Counting()
+    before = report_module._report_pass._cache_size()
+    for seed in range(3):
+        health_report(model, x, y % 3, variables=model.init(jax.random.key(seed), x))
+    assert report_module._report_pass._cache_size() == before + 1
+    # init traces once per call; the report traces twice (shapes, then forward+backward)
+    # on its first call only.
+    assert len(TRACES) == 3 + 2
+
+
+def test_activation_values_in_execution_order(xy):
+    x, _ = xy
+    model = MLP(depth=2, width=8)
+    variables = model.init(jax.random.key(0), x)
+    values = activation_values(model, x, variables=variables)
+    assert list(values) == ["Dense_0", "Activation_0", "Dense_1", "Activation_1", "Dense_2"]
+    np.testing.assert_allclose(values["Activation_1"], jnp.maximum(values["Dense_1"], 0))
+    np.testing.assert_allclose(values["Dense_2"], model.apply(variables, x), rtol=1e-6)
+
+
+class _Shared(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        dense = nn.Dense(5)
+        return dense(jax.nn.relu(dense(x)))
+
+
+def test_a_shared_layer_is_recorded_per_call(xy):
+    x, _ = xy
+    x = x[:, :5]
+    model = _Shared()
+    variables = model.init(jax.random.key(0), x)
+    assert list(activation_values(model, x, variables=variables)) == ["Dense_0", "Dense_0#2"]
+    records = activation_stats(model, x, variables=variables)
+    assert [(r.path, r.depth) for r in records] == [("Dense_0", 1), ("Dense_0", 2)]
