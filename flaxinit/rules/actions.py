@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxinit.initializers import compute_fans
+from flaxinit.initializers._core import check_axis_spec
 
 __all__ = [
     "Action",
@@ -319,18 +320,7 @@ def reinit(
         raise TypeError(f"reinit: init must be an initializer (a callable), got {init!r}")
 
     def norm(value: Any, arg: str) -> int | tuple[int, ...] | None:
-        if value is None:
-            return None
-        items = (value,) if isinstance(value, numbers.Integral) else value
-        try:
-            items = tuple(items)
-        except TypeError:
-            raise TypeError(
-                f"reinit: {arg} must be an int or a sequence of ints, got {value!r}"
-            ) from None
-        if any(isinstance(a, bool) or not isinstance(a, numbers.Integral) for a in items):
-            raise TypeError(f"reinit: {arg} must be an int or a sequence of ints, got {value!r}")
-        return int(value) if isinstance(value, numbers.Integral) else tuple(int(a) for a in items)
+        return None if value is None else check_axis_spec(value, "reinit", arg)
 
     return Reinit(
         init,
