@@ -200,9 +200,7 @@ def lsuv(
             model, layers=layers, config=config, pre_init=pre, call_kwargs=call_kwargs
         )
         with _nnx.marked(modules, infos):
-            graphdef, state = nnx.split(model)
-            params, fits = program(graphdef, state, batch, key)
-        nnx.update(model, params)
+            fits = program(model, batch, key)
         rank = {name: i for i, name in enumerate(order)}
         ranked = sorted(zip(infos, fits, strict=True), key=lambda p: rank.get(p[0].name, len(rank)))
         infos, fits = [p[0] for p in ranked], [p[1] for p in ranked]
@@ -222,7 +220,7 @@ def lsuv(
             pre_init=pre,
             call_kwargs=call_kwargs,
         )
-        new_variables, fits = program(dict(variables), batch, key)
+        new_variables, fits = program(variables, batch, key)
         report = build_report(infos, fits, config.target_var, config.tol, measure_name)
         return new_variables, report
 

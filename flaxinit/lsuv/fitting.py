@@ -9,21 +9,32 @@ centred moments ``a = Var(z)``, ``m = Cov(z, b)``, ``v = Var(b)`` of the output
 blob, ``Var(c z + b) = c^2 a + 2 c m + v``: the paper's iteration
 ``c <- c sqrt(target / Var(c))`` converges to the positive root of
 ``a c^2 + 2 m c + v = target``, which ``solver="exact"`` (the default) computes
-directly (one round, exactly on target, nothing to compile but a few scalar ops),
-and ``solver="iterate"`` reaches by the paper's rounds in a scalar
-``lax.while_loop``. Post-activation measurement has no closed form: it always
-iterates, each round an elementwise pass over the layer's cached output. Folding
-``c`` into the kernel afterwards reproduces exactly the output the rest of the
-network already saw.
+directly (one round, exactly on target), and ``solver="iterate"`` reaches by the
+paper's rounds in a scalar ``lax.while_loop``. Post-activation measurement has no
+closed form: it always iterates, each round an elementwise pass over the layer's
+cached output. Folding ``c`` into the kernel afterwards reproduces exactly the
+output the rest of the network already saw.
+
+What runs per layer is kept small because it is compiled once per layer: the exact
+solver reduces the output blob once (one variadic reduction giving the sums of
+``z, z^2, z b, b, b^2``), computes ``c`` in a single scalar expression that ends
+in a division (so XLA keeps it out of the elementwise rescale instead of
+duplicating it there), and carries the raw sums out; the report's variances and
+status codes are derived from those sums for all layers at once, after the pass.
+The per-layer function is itself jitted, so a stack of same-shaped layers is traced
+once.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 
 # Status codes carried through jit as int32 and decoded in the report.
 OK, NOT_CONVERGED, ZERO_VARIANCE, INFEASIBLE, NON_FINITE = 0, 1, 2, 3, 4
@@ -150,8 +161,6 @@ def fit_layer(z: jax.Array, bias: jax.Array | None, config: FitConfig) -> dict[s
     if not config.feasible:
         status = jnp.int32(INFEASIBLE)
         return _result(one, zero, var_before, var_before, jnp.int32(0), status)
-    if config.activation is None and config.solver == "exact":
-        return _solve(z_var, cov, b_var, var_before, target, tol, centred)
     d0 = centred(one, zero)
     c, d, var, rounds = jax.lax.while_loop(cond, body, (one, d0, variance(one, d0), jnp.int32(0)))
     converged = jnp.abs(var - target) < tol
@@ -166,37 +175,6 @@ def fit_layer(z: jax.Array, bias: jax.Array | None, config: FitConfig) -> dict[s
     return _result(c, d, var_before, var, rounds, status.astype(jnp.int32))
 
 
-def _solve(z_var, cov, b_var, var_before, target, tol, centred):
-    """The fixed point of the paper's iteration in closed form (pre-activation).
-
-    ``a c^2 + 2 m c + v = target`` has a positive root ``(-m + sqrt(m^2 - a (v -
-    target))) / a`` unless the bias alone carries more variance than the target
-    allows (``target < v - m^2 / a``): then the target is unreachable and the layer
-    is left unchanged, as is a layer whose bias-free output is constant (``a = 0``).
-    """
-    one = jnp.float32(1.0)
-    disc = cov * cov - z_var * (b_var - target)
-    root = (-cov + jnp.sqrt(jnp.maximum(disc, 0.0))) / jnp.where(z_var > 0, z_var, one)
-    needed = jnp.abs(var_before - target) >= tol
-    finite = jnp.isfinite(var_before) & jnp.isfinite(root)
-    zero_var = z_var <= 0
-    reachable = (disc >= 0) & (root > 0)
-    status = jnp.where(needed & ~reachable, INFEASIBLE, OK)
-    status = jnp.where(needed & zero_var, ZERO_VARIANCE, status)
-    status = jnp.where(~finite, NON_FINITE, status)
-    rescale = needed & reachable & ~zero_var & finite
-    c = jnp.where(rescale, root, one)
-    var_after = c * c * z_var + 2 * c * cov + b_var
-    return _result(
-        c,
-        centred(c, jnp.float32(0.0)),
-        var_before,
-        jnp.where(rescale, var_after, var_before),
-        rescale.astype(jnp.int32),
-        status.astype(jnp.int32),
-    )
-
-
 def _result(scale, shift, var_before, var_after, rounds, status):
     return {
         "scale": scale,
@@ -208,22 +186,177 @@ def _result(scale, shift, var_before, var_after, rounds, status):
     }
 
 
+# Below this variance a layer's bias-free output counts as constant (and c = 1 / a
+# could overflow float32).
+_TINY = float(np.finfo(np.float32).tiny)
+EXACT_FIELDS = ("sum_z", "sum_zz", "sum_zb", "sum_b", "sum_bb", "scale", "shift")
+
+
+def _add(xs, ys):
+    return tuple(x + y for x, y in zip(xs, ys, strict=True))
+
+
+def blob_sums(z: jax.Array, bias: jax.Array | None) -> tuple[jax.Array, ...]:
+    """Sums of ``z, z^2, z b, b, b^2`` over the output blob, in one variadic reduction."""
+    axes = tuple(range(z.ndim))
+    zero = jnp.float32(0.0)
+    if bias is None:
+        return (*lax.reduce((z, z * z), (zero, zero), _add, axes), zero, zero, zero)
+    b = jnp.broadcast_to(bias, z.shape)
+    return lax.reduce((z, z * z, z * b, b, b * b), (zero,) * 5, _add, axes)
+
+
+def closed_form(sums, size, target: float, tol: float) -> dict[str, jax.Array]:
+    """The exact solver's quantities from a blob's sums (elementwise: stacked sums work).
+
+    With ``a = Var(z)``, ``m = Cov(z, b)``, ``v = Var(b)``, the positive root of
+    ``a c^2 + 2 m c + v = target`` is ``(sqrt(m^2 - a (v - target)) - m) / a``. The
+    layer is rescaled only when it is off target by ``tol`` or more and the root
+    exists, is positive and finite; otherwise ``scale`` is exactly 1.
+    """
+    inv = 1.0 / size
+    ez, ezz, ezb, eb, ebb = (s * inv for s in sums)
+    a = ezz - ez * ez
+    m = ezb - ez * eb
+    v = ebb - eb * eb
+    var_before = a + 2 * m + v
+    disc = m * m - a * (v - target)
+    numerator = jnp.sqrt(jnp.maximum(disc, 0.0)) - m
+    needed = jnp.abs(var_before - target) >= tol
+    zero_var = a <= _TINY
+    reachable = (disc >= 0) & (numerator > 0)
+    finite = jnp.isfinite(var_before) & jnp.isfinite(numerator)
+    rescale = needed & reachable & ~zero_var & finite
+    # The division comes last so that XLA computes the scale once, as a scalar.
+    scale = jnp.where(rescale, numerator, 1.0) / jnp.where(rescale, a, 1.0)
+    return {
+        "a": a,
+        "m": m,
+        "v": v,
+        "z_mean": ez,
+        "b_mean": eb,
+        "var_before": var_before,
+        "needed": needed,
+        "zero_var": zero_var,
+        "reachable": reachable,
+        "finite": finite,
+        "rescale": rescale,
+        "scale": scale,
+    }
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def fit_output(
+    out: jax.Array, bias: jax.Array | None, config: FitConfig
+) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    """Fits one layer on its output; returns what the next layer sees and what to sow.
+
+    ``bias`` is broadcast against ``out``'s trailing dims (or has its full shape).
+    Jitted with the settings static, so same-shaped layers share one trace.
+    """
+    z = out.astype(jnp.float32)
+    b = None if bias is None else bias.astype(jnp.float32)
+    if b is not None:
+        z = z - b
+    if uses_closed_form(config):
+        sums = blob_sums(z, b)
+        terms = closed_form(sums, z.size, config.target_var, config.tol)
+        scale = terms["scale"]
+        shift = -(scale * terms["z_mean"] + terms["b_mean"]) if config.center else jnp.float32(0)
+        fit = {"scale": scale, "shift": shift}
+        sown = (*sums, scale, shift)
+    else:
+        fit = fit_layer(z, b, config)
+        sown = tuple(fit[field].astype(jnp.float32) for field in FIELDS)
+    return rescaled_output(z, b, fit, out.dtype), sown
+
+
+def uses_closed_form(config: FitConfig) -> bool:
+    """Whether layers are fitted by the closed-form solver (else by iterating)."""
+    return config.activation is None and config.solver == "exact" and config.feasible
+
+
+def summarize(
+    sown: Sequence[tuple[jax.Array, ...]], sizes: Sequence[int], config: FitConfig
+) -> tuple[list[jax.Array], list[jax.Array], jax.Array]:
+    """Per-layer scales and shifts (for the fold) and every layer's fit as one array.
+
+    ``sown[i]`` is what :func:`fit_output` returned for layer ``i`` (each entry with
+    the layer's stacking shape), ``sizes[i]`` the number of elements of one of its
+    output blobs. Returns ``(scales, shifts, packed)`` with ``packed`` of shape
+    ``(total slices, len(FIELDS))``: the report's numbers for all layers, computed
+    at once.
+    """
+    if uses_closed_form(config):
+        scale_at, shift_at = EXACT_FIELDS.index("scale"), EXACT_FIELDS.index("shift")
+    else:
+        scale_at, shift_at = FIELDS.index("scale"), FIELDS.index("shift")
+    scales = [fields[scale_at] for fields in sown]
+    shifts = [fields[shift_at] for fields in sown]
+    flat = [[lax.reshape(x, (x.size,)) for x in fields] for fields in sown]
+    columns = [lax.concatenate([f[i] for f in flat], 0) for i in range(len(flat[0]))]
+    if not uses_closed_form(config):
+        return scales, shifts, jnp.stack(columns, axis=-1)
+    counts = [f[0].shape[0] for f in flat]
+    size = np.repeat(np.asarray(sizes, np.float32), counts)
+    *sums, scale, shift = columns
+    terms = closed_form(sums, size, config.target_var, config.tol)
+    a, m, v, var_before = terms["a"], terms["m"], terms["v"], terms["var_before"]
+    rescale = terms["rescale"]
+    needed = terms["needed"]
+    status = jnp.where(needed & ~terms["reachable"], INFEASIBLE, OK)
+    status = jnp.where(needed & terms["zero_var"], ZERO_VARIANCE, status)
+    status = jnp.where(~terms["finite"], NON_FINITE, status)
+    var_after = jnp.where(rescale, scale * scale * a + 2 * scale * m + v, var_before)
+    fit = {
+        "scale": scale,
+        "shift": shift,
+        "var_before": var_before,
+        "var_after": var_after,
+        "rounds": rescale.astype(jnp.float32),
+        "status": status.astype(jnp.float32),
+    }
+    return scales, shifts, jnp.stack([fit[field] for field in FIELDS], axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames="stack")
+def scale_kernel(kernel: jax.Array, scale: jax.Array, stack: int) -> jax.Array:
+    """``kernel`` times ``scale`` (one per slice of its ``stack`` leading axes).
+
+    Jitted on its own, outside the fitting pass: it is compiled once per distinct
+    kernel shape rather than once per layer, which keeps the fitting program's
+    size (and compile time) close to the forward pass's.
+    """
+    factor = jnp.reshape(scale, jnp.shape(scale) + (1,) * (kernel.ndim - stack))
+    return (kernel * factor.astype(kernel.dtype)).astype(kernel.dtype)
+
+
+@functools.partial(jax.jit, static_argnames="stack")
+def shift_bias(bias: jax.Array, shift: jax.Array, stack: int) -> jax.Array:
+    """``bias`` plus ``shift`` (one per slice of its ``stack`` leading axes)."""
+    offset = jnp.reshape(shift, jnp.shape(shift) + (1,) * (bias.ndim - stack))
+    return (bias + offset.astype(bias.dtype)).astype(bias.dtype)
+
+
+def split_packed(packed, shapes: Sequence[tuple[int, ...]]) -> list[dict[str, np.ndarray]]:
+    """Per-layer fit dicts (numpy, with each layer's stacking shape) from ``packed``."""
+    packed = np.asarray(packed)
+    fits, start = [], 0
+    for shape in shapes:
+        count = int(np.prod(shape))
+        rows = packed[start : start + count].reshape((*shape, len(FIELDS)))
+        start += count
+        fits.append(
+            {
+                field: rows[..., i].astype(np.int32) if field in _INTEGER_FIELDS else rows[..., i]
+                for i, field in enumerate(FIELDS)
+            }
+        )
+    return fits
+
+
 FIELDS = ("scale", "shift", "var_before", "var_after", "rounds", "status")
 _INTEGER_FIELDS = ("rounds", "status")
-
-
-def pack(fit: dict[str, jax.Array]) -> jax.Array:
-    """The fit as one float32 vector (one value to carry out of the forward pass)."""
-    return jnp.stack([fit[field].astype(jnp.float32) for field in FIELDS], axis=-1)
-
-
-def unpack(packed: jax.Array) -> dict[str, jax.Array]:
-    """Inverse of :func:`pack`; works on stacked fits (leading layer axes)."""
-    out = {}
-    for i, field in enumerate(FIELDS):
-        value = packed[..., i]
-        out[field] = value.astype(jnp.int32) if field in _INTEGER_FIELDS else value
-    return out
 
 
 def rescaled_output(

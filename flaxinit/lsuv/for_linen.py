@@ -11,7 +11,14 @@ import jax
 import jax.numpy as jnp
 from flax.core import meta
 
-from flaxinit.lsuv.fitting import FitConfig, fit_layer, pack, rescaled_output, unpack
+from flaxinit.lsuv.fitting import (
+    FitConfig,
+    fit_output,
+    scale_kernel,
+    shift_bias,
+    split_packed,
+    summarize,
+)
 from flaxinit.lsuv.layers import LayerInfo, check_patterns_used, layer_key, make_selector
 
 DEFAULT_TYPES = (nn.Dense, nn.DenseGeneral, nn.Conv, nn.ConvTranspose, nn.Einsum)
@@ -104,16 +111,22 @@ def _stack_ndim(info: LayerInfo, leaf: jax.Array) -> int:
 
 def measure_and_fit(
     model, variables, batch, call_kwargs, layers: list[LayerInfo], config: FitConfig
-):
-    """One forward pass: each selected layer is fitted on its own output, in order."""
+) -> tuple[list[tuple], list[int]]:
+    """One forward pass: each selected layer is fitted on its own output, in order.
+
+    Returns what each layer sowed (see :func:`~flaxinit.lsuv.fitting.fit_output`) and
+    the size of its output blob, in the order of ``layers``.
+    """
     selected = {info.name for info in layers}
+    sizes: dict[str, int] = {}
 
     def intercept(next_fun, args, kwargs, ctx):
         out = next_fun(*args, **kwargs)
         module = ctx.module
         if ctx.method_name != "__call__" or module.is_initializing():
             return out
-        if _module_name(module) not in selected:
+        name = _module_name(module)
+        if name not in selected:
             return out
         bias = module.variables["params"].get("bias")
         bias = None if bias is None else meta.unbox(bias)
@@ -121,15 +134,15 @@ def measure_and_fit(
             # Bias laid out against non-trailing output axes (DenseGeneral batch dims,
             # Einsum): the layer at a zero input is exactly its broadcast bias.
             bias = next_fun(jnp.zeros_like(args[0]), *args[1:], **kwargs)
-        z = out if bias is None else out - bias
-        fit = fit_layer(z, bias, config)
-        module.sow("intermediates", _SOWN + "fit", pack(fit))
-        return rescaled_output(z, bias, fit, out.dtype)
+        sizes[name] = out.size
+        rescaled, sown = fit_output(out, bias, config)
+        module.sow("intermediates", _SOWN + "fit", sown)
+        return rescaled
 
     with nn.intercept_methods(intercept):
         _, state = model.apply(variables, batch, mutable=True, **call_kwargs)
     intermediates = state.get("intermediates", {})
-    fits = []
+    measured = []
     for info in layers:
         try:
             sown = _get(intermediates, info.kernel_path[1:-1])[_SOWN + "fit"]
@@ -143,30 +156,28 @@ def measure_and_fit(
                 f"lsuv: module {info.name!r} ran {len(sown)} times in one forward pass "
                 "(shared weights); LSUV scales each kernel once: leave it out with layers="
             )
-        fits.append(unpack(sown[0]))
-    return fits
+        measured.append(sown[0])
+    return measured, [sizes[info.name] for info in layers]
 
 
-def fold(variables, layers: list[LayerInfo], fits) -> dict:
-    """Multiplies each kernel by its scale (per slice when stacked) and shifts biases."""
-    for info, fit in zip(layers, fits, strict=True):
+def fold(variables, layers: list[LayerInfo], scales, shifts, center: bool) -> dict:
+    """Each kernel times its scale (per slice when stacked), each bias plus its shift
+    when centring; ``{path: array}`` of the leaves that change."""
+    updates = {}
+    for info, scale, shift in zip(layers, scales, shifts, strict=True):
         kernel = meta.unbox(_get(variables, info.kernel_path))
         stack = _stack_ndim(info, kernel)
+        updates[info.kernel_path] = scale_kernel(kernel, scale, stack)
+        if center and info.bias_path is not None:
+            bias = meta.unbox(_get(variables, info.bias_path))
+            updates[info.bias_path] = shift_bias(bias, shift, stack)
+    return updates
 
-        def expand(x, ndim, stack=stack):
-            return jnp.reshape(x, x.shape + (1,) * (ndim - stack))
 
-        variables = _update_leaf(
-            variables,
-            info.kernel_path,
-            lambda k, s=fit["scale"]: (k * expand(s, k.ndim).astype(k.dtype)).astype(k.dtype),
-        )
-        if info.bias_path is not None:
-            variables = _update_leaf(
-                variables,
-                info.bias_path,
-                lambda b, d=fit["shift"]: (b + expand(d, b.ndim).astype(b.dtype)).astype(b.dtype),
-            )
+def apply_updates(variables, updates: Mapping[tuple, Any]) -> dict:
+    """``variables`` with the leaves at ``updates``' paths replaced (boxes kept)."""
+    for path, value in updates.items():
+        variables = _update_leaf(variables, path, lambda _, v=value: v)
     return variables
 
 
@@ -182,9 +193,11 @@ def pre_initialize(variables, layers: list[LayerInfo], key, pre_init) -> dict:
 
 
 def build_program(model, variables, batch, *, layers, config, pre_init, call_kwargs):
-    """Finds the layers once and returns ``(jitted program, layer infos)``.
+    """Finds the layers once and returns ``(run, layer infos)``.
 
-    The program maps ``(variables, batch, key)`` to ``(new_variables, fits)``.
+    ``run(variables, batch, key)`` executes the jitted program (pre-init and the
+    fitting pass), folds the scales into the kernels and returns
+    ``(new_variables, fits)``.
     """
     select, patterns = make_selector(layers, DEFAULT_TYPES)
     infos, candidates = discover(model, variables, batch, call_kwargs, select)
@@ -194,12 +207,31 @@ def build_program(model, variables, batch, *, layers, config, pre_init, call_kwa
             f"lsuv: no layer selected; layers with a kernel: {candidates[:10]} "
             "(default selection: Dense, DenseGeneral, Conv, ConvTranspose, Einsum)"
         )
-    variables = dict(variables)
+    shapes: list[tuple[int, ...]] = []
 
     def program(variables, batch, key):
+        kernels = []
         if pre_init is not None:
             variables = pre_initialize(variables, infos, key, pre_init)
-        fits = measure_and_fit(model, variables, batch, call_kwargs, infos, config)
-        return fold(variables, infos, fits), fits
+            kernels = [meta.unbox(_get(variables, info.kernel_path)) for info in infos]
+        sown, sizes = measure_and_fit(model, variables, batch, call_kwargs, infos, config)
+        shapes[:] = [tuple(jnp.shape(fields[0])) for fields in sown]
+        scales, shifts, packed = summarize(sown, sizes, config)
+        return kernels, scales, shifts if config.center else [], packed
 
-    return jax.jit(program), infos
+    jitted = jax.jit(program)
+
+    def run(variables, batch, key):
+        """The fitting pass, then the fold (one small program per kernel shape)."""
+        variables = dict(variables)
+        kernels, scales, shifts, packed = jitted(variables, batch, key)
+        if kernels:
+            variables = apply_updates(
+                variables, {info.kernel_path: k for info, k in zip(infos, kernels, strict=True)}
+            )
+        shifts = shifts or [None] * len(infos)
+        variables = apply_updates(variables, fold(variables, infos, scales, shifts, config.center))
+        return variables, split_packed(packed, shapes)
+
+    run.jitted = jitted
+    return run, infos

@@ -16,7 +16,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flaxinit.lsuv.fitting import FitConfig, fit_layer, pack, rescaled_output, unpack
+from flaxinit.lsuv.fitting import (
+    FitConfig,
+    fit_output,
+    scale_kernel,
+    shift_bias,
+    split_packed,
+    summarize,
+)
 from flaxinit.lsuv.layers import LayerInfo, check_patterns_used, layer_key, make_selector
 
 DEFAULT_TYPES = (nnx.Linear, nnx.LinearGeneral, nnx.Conv, nnx.ConvTranspose, nnx.Einsum)
@@ -95,7 +102,7 @@ def discover(model, select) -> tuple[list[tuple[tuple, Any, LayerInfo]], list[st
     return selected, candidates
 
 
-def _fitting_call(original, config: FitConfig, order: list[str]):
+def _fitting_call(original, config: FitConfig, order: list[str], sizes: dict[str, int]):
     def __call__(self, inputs, *args, **kwargs):
         out = original(self, inputs, *args, **kwargs)
         name = getattr(self, _MARK, None)
@@ -108,22 +115,22 @@ def _fitting_call(original, config: FitConfig, order: list[str]):
         if bias is not None and out.shape[out.ndim - bias.ndim :] != bias.shape:
             # The layer at a zero input is exactly its broadcast bias.
             bias = original(self, jnp.zeros_like(inputs), *args, **kwargs)
-        z = out if bias is None else out - bias
-        fit = fit_layer(z, bias, config)
-        self.sow(nnx.Intermediate, _SOWN + "fit", pack(fit))
-        return rescaled_output(z, bias, fit, out.dtype)
+        sizes[name] = out.size
+        rescaled, sown = fit_output(out, bias, config)
+        self.sow(nnx.Intermediate, _SOWN + "fit", sown)
+        return rescaled
 
     return __call__
 
 
 @contextlib.contextmanager
-def _patched(classes, config, order):
+def _patched(classes, config, order, sizes):
     """Wraps ``__call__`` of ``classes`` for the duration of one trace."""
     with _PATCH_LOCK:
         originals = {cls: (cls.__dict__.get("__call__"), cls.__call__) for cls in classes}
         try:
             for cls, (_, original) in originals.items():
-                cls.__call__ = _fitting_call(original, config, order)
+                cls.__call__ = _fitting_call(original, config, order, sizes)
             yield
         finally:
             for cls, (own, _) in originals.items():
@@ -154,6 +161,7 @@ def build_program(model, *, layers, config, pre_init, call_kwargs):
     infos = [info for _, _, info in selected]
     classes = {type(module) for _, module, _ in selected}
     order: list[str] = []
+    shapes: list[tuple[int, ...]] = []
 
     def program(graphdef, state, batch, key):
         module = nnx.merge(graphdef, state)
@@ -161,10 +169,11 @@ def build_program(model, *, layers, config, pre_init, call_kwargs):
             layer = _module_at(module, path)
             if pre_init is not None:
                 layer.kernel[...] = pre_init(layer_key(key, info), info, layer.kernel[...])
-        with _patched(classes, config, order):
+        sizes: dict[str, int] = {}
+        with _patched(classes, config, order, sizes):
             _, sown = nnx.capture(lambda m, x: m(x, **call_kwargs), nnx.Intermediate)(module, batch)
         sown = nnx.to_pure_dict(sown)
-        fits = []
+        measured = []
         for path, _, info in selected:
             try:
                 node = sown
@@ -178,21 +187,32 @@ def build_program(model, *, layers, config, pre_init, call_kwargs):
                     f"lsuv: module {info.name!r} ran {len(sown_fit)} times in one forward "
                     "pass (shared weights); LSUV scales each kernel once: leave it out with layers="
                 )
-            fit = unpack(sown_fit[0])
-            fits.append(fit)
-            layer = _module_at(module, path)
-            kernel = layer.kernel[...]
-            stack = kernel.ndim - len(info.kernel_shape)
-            scale = jnp.reshape(fit["scale"], fit["scale"].shape + (1,) * (kernel.ndim - stack))
-            layer.kernel[...] = (kernel * scale.astype(kernel.dtype)).astype(kernel.dtype)
-            if info.bias_path is not None:
-                bias = layer.bias[...]
-                shift = jnp.reshape(fit["shift"], fit["shift"].shape + (1,) * (bias.ndim - stack))
-                layer.bias[...] = (bias + shift.astype(bias.dtype)).astype(bias.dtype)
-        return nnx.state(module, nnx.Param), fits
+            measured.append(tuple(_unwrap(v) for v in sown_fit[0]))
+        shapes[:] = [tuple(jnp.shape(fields[0])) for fields in measured]
+        scales, shifts, packed = summarize(measured, [sizes[i.name] for i in infos], config)
+        kernels = []
+        if pre_init is not None:
+            kernels = [_module_at(module, path).kernel[...] for path, _, _ in selected]
+        return kernels, scales, shifts if config.center else [], packed
 
-    marked = [module for _, module, _ in selected]
-    return jax.jit(program, static_argnums=0), infos, marked, order
+    jitted = jax.jit(program, static_argnums=0)
+
+    def run(model, batch, key):
+        """The fitting pass, then the fold into ``model`` (one small program per shape)."""
+        graphdef, state = nnx.split(model)
+        kernels, scales, shifts, packed = jitted(graphdef, state, batch, key)
+        for i, (path, _, info) in enumerate(selected):
+            layer = _module_at(model, path)
+            kernel = kernels[i] if kernels else layer.kernel[...]
+            stack = kernel.ndim - len(info.kernel_shape)
+            layer.kernel[...] = scale_kernel(kernel, scales[i], stack)
+            if config.center and info.bias_path is not None:
+                layer.bias[...] = shift_bias(layer.bias[...], shifts[i], stack)
+        return split_packed(packed, shapes)
+
+    run.jitted = jitted
+    marked_modules = [module for _, module, _ in selected]
+    return run, infos, marked_modules, order
 
 
 @contextlib.contextmanager
