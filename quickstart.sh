@@ -3,7 +3,8 @@
 # installs flaxinit with its dev extra, then runs one job:
 #   ./quickstart.sh demo   the main job: the doctor compares initializations of a deep
 #                          ReLU MLP on real data (table, verdicts, plots in results/doctor/)
-#   ./quickstart.sh test   lint (ruff) and the whole test suite (pytest, 2 workers)
+#   ./quickstart.sh test   lint (ruff), the docs site (mkdocs build --strict) and the
+#                          whole test suite (pytest, 2 workers)
 # Extra arguments go to the job (e.g. ./quickstart.sh test -k orthogonal).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -25,6 +26,7 @@ case "$job" in
   test)
     .venv/bin/ruff check .
     .venv/bin/ruff format --check .
+    NO_MKDOCS_2_WARNING=1 .venv/bin/python -m mkdocs build --strict --quiet --site-dir site
     exec .venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" "$@"
     ;;
   *)
