@@ -143,6 +143,9 @@ def _scale_fix(direction: str, act: str | None, gain: float | None) -> str:
     what = f"a {act} net" if act else "this net"
     if gain is None or not math.isfinite(gain):
         return f"initialize with {inits}"
+    if gain == 0:
+        # Constant weights: the spread is 0 whatever the signal does, so no gain is "right".
+        return f"the weights have zero spread (zero or constant init): use a random init, {inits}"
     measured = f"weights have std*sqrt(fan_in) = {gain:.2g}"
     if direction == "vanish" and _family(act) == "rectifier" and 0.8 <= gain <= 1.25:
         return (
