@@ -1,5 +1,6 @@
 """flaxinit: neural-network parameter initialization for JAX and Flax."""
 
+from flaxinit import models, recipes
 from flaxinit.diagnostics import (
     ActivationRecord,
     Finding,
@@ -101,10 +102,12 @@ __all__ = [
     "lecun_uniform",
     "lsuv",
     "merge_pretrained",
+    "models",
     "normal",
     "ones",
     "orthogonal",
     "per_layer",
+    "recipes",
     "reinit",
     "rule_labels",
     "rule_mask",
