@@ -24,12 +24,37 @@ from flaxinit.initializers._core import (
 )
 
 
-def _orthogonal_matrix(key, shape, column_axis, dtype):
+def _haar_matrix(key, shape, column_axis, dtype):
     """jax.nn.initializers.orthogonal's procedure, without the scale."""
     n_rows, n_cols = math.prod(shape) // shape[column_axis], shape[column_axis]
     q = jax.random.orthogonal(key, n_rows, (), dtype, n_cols)
     q = jnp.reshape(q, (*tuple(np.delete(shape, column_axis)), n_cols))
     return jnp.moveaxis(q, -1, column_axis)
+
+
+def _orthogonal_matrix(key, shape, column_axis, dtype):
+    """One Haar matrix per key, also when vmapped (stacked layers, gate blocks).
+
+    Under ``vmap`` the QR decompositions run one at a time on the CPU (``lax.map``)
+    and batched elsewhere: jaxlib's batched CPU QR runs the matrices on a thread pool
+    that can deadlock when several simulated devices execute it at once. Each matrix
+    is the same either way (the same draw, the same LAPACK factorization).
+    """
+
+    @jax.custom_batching.custom_vmap
+    def draw(key):
+        return _haar_matrix(key, shape, column_axis, dtype)
+
+    @draw.def_vmap
+    def _batched(axis_size, in_batched, keys):
+        del axis_size
+        if not in_batched[0]:
+            return draw(keys), False
+        one_by_one = lambda keys: jax.lax.map(draw, keys)
+        together = jax.vmap(lambda k: _haar_matrix(k, shape, column_axis, dtype))
+        return jax.lax.platform_dependent(keys, cpu=one_by_one, default=together), True
+
+    return draw(key)
 
 
 @named_factory

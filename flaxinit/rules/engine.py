@@ -362,8 +362,88 @@ def _slice_keys(key: Any, info: LeafInfo, length: int, tag: int) -> Any:
 # --------------------------------------------------------------------------- apply
 
 
+# --------------------------------------------------------------------------- layout
+
+
+def _named(sharding: Any) -> Any:
+    """``sharding`` if it is a ``NamedSharding`` that splits some axis, else None."""
+    if not isinstance(sharding, jax.sharding.NamedSharding):
+        return None
+    if all(entry is None for entry in sharding.spec):
+        return None
+    return sharding
+
+
+def _own_layout(x: Any) -> Any:
+    """The layout a leaf's new value should get when none is given: a placed array's
+    sharding, or under explicit mesh axes the sharding in a traced leaf's type."""
+    if isinstance(x, jax.core.Tracer):
+        try:
+            sharding = jax.typeof(x).sharding
+        except Exception:  # not an array type
+            return None
+        named = _named(sharding)
+        return named if named is not None and named.mesh.explicit_axes else None
+    if isinstance(x, jax.Array) and x.committed:
+        return _named(x.sharding)
+    return None
+
+
+def _given_layouts(flat: FlatTree, shardings: Any) -> list[Any]:
+    """Per array leaf of ``flat``, its entry of the ``shardings`` tree (or None)."""
+    try:
+        outer = flat.treedef.flatten_up_to(shardings)
+    except (ValueError, TypeError) as e:
+        raise TypeError(
+            "shardings must be a tree with the structure of `tree` holding a "
+            "NamedSharding (or None) per leaf, as nn.get_sharding or "
+            f"nnx.get_named_sharding give: {e}"
+        ) from None
+    out = []
+    for o, i in flat.slots:
+        item = outer[o]
+        if item is not None and not isinstance(item, jax.sharding.Sharding):
+            subs = jax.tree_util.tree_leaves(item)
+            item = subs[max(i, 0)] if 0 <= i < len(subs) else (subs[0] if subs else None)
+        if item is not None and not isinstance(item, jax.sharding.Sharding):
+            raise TypeError(
+                f"shardings: the entry for {flat.infos[len(out)].path!r} must be a "
+                f"NamedSharding or None, got {item!r}"
+            )
+        out.append(_named(item))
+    return out
+
+
+def _in_layout(step: Callable[..., Any], x: Any, keys: Any, layout: Any) -> Any:
+    """``step(x, keys)``, its result produced directly in ``layout`` (a NamedSharding).
+
+    Under explicit mesh axes the step runs with them made automatic and its result
+    is laid out as ``layout`` (``jax.sharding.auto_axes``), so a re-draw is generated
+    shard by shard instead of replicated and then resharded; under automatic axes a
+    sharding constraint on the result lets the partitioner do the same. Values do
+    not depend on the layout (``jax_threefry_partitionable``). Arrays enter as
+    arguments, never closed over: a traced value typed on the explicit mesh may not
+    be used inside the automatic one.
+    """
+    if layout is None:
+        return step(x, keys)
+    explicit = tuple(layout.mesh.explicit_axes)
+    if explicit:
+        return jax.sharding.auto_axes(step, axes=explicit, out_sharding=layout)(x, keys)
+    out = step(x, keys)
+    if isinstance(out, jax.core.Tracer):
+        return jax.lax.with_sharding_constraint(out, layout)
+    return out
+
+
 def _run_leaf(
-    layers: _Layers, n: int, info: LeafInfo, hits: Sequence[Rule], x: Any, key: Any
+    layers: _Layers,
+    n: int,
+    info: LeafInfo,
+    hits: Sequence[Rule],
+    x: Any,
+    key: Any,
+    layout: Any = None,
 ) -> Any:
     x = jnp.asarray(x)
     leaf_key = None
@@ -382,12 +462,21 @@ def _run_leaf(
             if needs_key:
                 leaf_key = _leaf_key(key, info) if leaf_key is None else leaf_key
                 k = jax.random.fold_in(leaf_key, np.uint32(rule.tag))
-            out = action(k, x, layers.context(n, info))
+            ctx = layers.context(n, info)
+            keys = k
+
+            def run_step(x, k, action=action, ctx=ctx):
+                return action(k, x, ctx)
         else:
-            xs = jnp.moveaxis(x, axis, 0)
-            keys = _slice_keys(key, info, xs.shape[0], rule.tag) if needs_key else None
-            out = action.call_stacked(keys, xs, layers.slices(info, axis))
-            out = jnp.moveaxis(check_result(info.path, what, xs, out), 0, axis)
+            keys = _slice_keys(key, info, info.shape[axis], rule.tag) if needs_key else None
+            ctxs = layers.slices(info, axis)
+
+            def run_step(x, keys, action=action, ctxs=ctxs, axis=axis, what=what):
+                xs = jnp.moveaxis(x, axis, 0)
+                out = action.call_stacked(keys, xs, ctxs)
+                return jnp.moveaxis(check_result(info.path, what, xs, out), 0, axis)
+
+        out = _in_layout(run_step, x, keys, layout)
         x = check_result(info.path, what, x, out)
     return x
 
@@ -396,7 +485,9 @@ _PROGRAMS: collections.OrderedDict[Any, Any] = collections.OrderedDict()
 _MAX_PROGRAMS = 32
 
 
-def _program(plan: Plan, touched: Sequence[int], shardings: Any) -> Callable[..., Any]:
+def _program(
+    plan: Plan, touched: Sequence[int], shardings: Any, layouts: Sequence[Any] | None = None
+) -> Callable[..., Any]:
     """The jitted array work of a plan, cached by what it computes.
 
     One jitted program runs the array work, also when called eagerly: XLA
@@ -404,21 +495,24 @@ def _program(plan: Plan, touched: Sequence[int], shardings: Any) -> Callable[...
     inside a program, so op-by-op execution would round differently. Under an
     outer jit this inner jit is inlined: the same program, the same bits. The
     closure holds leaf descriptions and rules, never the tree's arrays. Called
-    eagerly on jax arrays, each new leaf keeps its input's sharding.
+    eagerly on jax arrays, each new leaf keeps its input's sharding. ``layouts``
+    (one NamedSharding or None per touched leaf) are the layouts each rule's result
+    is produced in, inside the program (see :func:`_in_layout`).
     """
     steps = [(n, plan.flat.infos[n], tuple(plan.hits[n])) for n in touched]
     layers = plan.layers
+    layouts = tuple(layouts) if layouts is not None else (None,) * len(steps)
 
     def run(xs: list[Any], key: Any) -> list[Any]:
         return [
-            _run_leaf(layers, n, info, hits, x, key)
-            for (n, info, hits), x in zip(steps, xs, strict=True)
+            _run_leaf(layers, n, info, hits, x, key, layout)
+            for (n, info, hits), x, layout in zip(steps, xs, layouts, strict=True)
         ]
 
     make = lambda: jax.jit(run, out_shardings=shardings)
     try:
         leaves = tuple((info, hits, layers.layers[n]) for n, info, hits in steps)
-        signature = (leaves, layers.signature(), shardings and tuple(shardings))
+        signature = (leaves, layers.signature(), shardings and tuple(shardings), layouts)
         hash(signature)
     except TypeError:  # an unhashable action argument or context value: no cache
         return make()
@@ -439,6 +533,7 @@ def apply_rules(
     key: Any = None,
     context: Mapping[str, Any] | None = None,
     strict: bool = True,
+    shardings: Any = None,
 ) -> Any:
     """Rewrites the leaves of a parameter tree that the rules' patterns match.
 
@@ -461,6 +556,16 @@ def apply_rules(
         the count read from the tree and ``layer_of`` (a function ``path -> int |
         None``) replaces the built-in layer-index parser.
       strict: raise ``ValueError`` if a rule matches no leaf.
+      shardings: where each rewritten leaf lives: a tree with the structure of
+        ``tree`` holding a ``NamedSharding`` (or None) per leaf, as
+        ``nn.get_sharding``/``nnx.get_named_sharding`` give. Each rule's result is
+        then produced directly in that layout (under automatic mesh axes with a
+        sharding constraint, under explicit ones with ``jax.sharding.auto_axes``),
+        so a re-draw never materializes a full copy on one device. By default a
+        leaf's own layout is used: a placed array's ``.sharding``, or under
+        explicit mesh axes the sharding in a traced leaf's type. Under an outer
+        ``jax.jit`` with automatic axes a traced leaf has no layout of its own;
+        pass ``shardings`` (``flaxinit.sharding`` does). Values never depend on it.
 
     Returns:
       The rewritten tree.
@@ -478,6 +583,7 @@ def apply_rules(
       >>> params = apply_rules(params, [("kernel", he_normal()), ("bias", fill(0.1))],
       ...                      key=jax.random.key(1))
     """
+    shardings_tree = shardings
     plan = make_plan(tree, rules, context)
     if strict:
         raise_unmatched(plan.missing())
@@ -496,9 +602,21 @@ def apply_rules(
         else None
         for x in xs
     ]
+    if shardings_tree is None:
+        layouts = [_own_layout(x) for x in xs]
+    else:
+        given = _given_layouts(plan.flat, shardings_tree)
+        layouts = [given[n] for n in touched]
+        # Eagerly, a given layout is also where the new value is placed.
+        shardings = [
+            s if layout is None or isinstance(x, jax.core.Tracer) else layout
+            for s, layout, x in zip(shardings, layouts, xs, strict=True)
+        ]
     if all(s is None for s in shardings):
         shardings = None
-    new = _program(plan, touched, shardings)(xs, key)
+    if all(layout is None for layout in layouts):
+        layouts = None
+    new = _program(plan, touched, shardings, layouts)(xs, key)
     for n, x in zip(touched, new, strict=True):
         arrays[n] = x
     return plan.flat.rebuild(arrays)
