@@ -14,6 +14,9 @@ the docstring text, once the whole package is loaded and before it is parsed:
 * Simple reST tables (``====  ====`` rules) become Markdown tables.
 * ``Title`` underlined with ``---`` becomes a bold paragraph, and a paragraph ending in
   ``::`` (a reST literal block) ends in ``:`` (the indented block already is Markdown code).
+* An ``Args:`` entry naming several parameters (``convs, norm_scales: the patterns.``)
+  becomes one entry per parameter with the shared description (griffe reads one name per
+  entry and warns that ``convs, norm_scales`` is not a parameter).
 
 Loaded from ``mkdocs.yml`` (``extensions: [docs/_ext/griffe_rst.py]``); it changes only what
 the documentation shows, never the package.
@@ -30,6 +33,8 @@ import griffe
 _ROLE = re.compile(r":(?:func|class|mod|data|attr|meth|obj|exc):`(~?)([^`]+)`")
 _TABLE_RULE = re.compile(r"^(\s*)(=+)((?:\s+=+)+)\s*$")
 _UNDERLINE = re.compile(r"^\s*-{3,}\s*$")
+_ARGS = re.compile(r"^(\s*)(?:Args|Arguments|Parameters|Keyword Args|Keyword Arguments):\s*$")
+_MULTI = re.compile(r"^(\s*)([A-Za-z_]\w*(?:\s*,\s*[A-Za-z_]\w*)+)\s*:(.*)$")
 
 
 def _resolve(obj: griffe.Object, name: str) -> str | None:
@@ -123,6 +128,48 @@ def _headings(lines: list[str]) -> list[str]:
     return out
 
 
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def _shared_args(lines: list[str]) -> list[str]:
+    """``a, b: text`` entries of an ``Args:`` section, one entry per name."""
+    out: list[str] = []
+    section: int | None = None  # the indent of the current Args: header
+    entries: int | None = None  # the indent of its entries (continuations are deeper)
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        header = _ARGS.match(line)
+        if header:
+            section, entries = len(header.group(1)), None
+            out.append(line)
+            i += 1
+            continue
+        if section is not None and line.strip():
+            if _indent(line) <= section:
+                section = None
+            elif entries is None:
+                entries = _indent(line)
+        entry = None
+        if section is not None and line.strip() and _indent(line) == entries:
+            entry = _MULTI.match(line)
+        if not entry:
+            out.append(line)
+            i += 1
+            continue
+        indent, names, first = entry.group(1), entry.group(2), entry.group(3)
+        rest = []
+        i += 1
+        while i < len(lines) and lines[i].strip() and _indent(lines[i]) > len(indent):
+            rest.append(lines[i])
+            i += 1
+        for name in (n.strip() for n in names.split(",")):
+            out.append(f"{indent}{name}:{first}")
+            out += rest
+    return out
+
+
 def rewrite(obj: griffe.Object, text: str, public: dict[str, str] | None = None) -> str:
     """The Markdown version of one docstring's text."""
     # "prose. Example:" followed by an indented doctest: give "Examples:" its own line.
@@ -131,7 +178,7 @@ def rewrite(obj: griffe.Object, text: str, public: dict[str, str] | None = None)
     )
     text = re.sub(r"(?m)^([ \t]*)Example:[ \t]*$", r"\1Examples:", text)
     text = re.sub(r"(?m)(\S)::$", r"\1:", text)
-    lines = _headings(_tables(text.split("\n")))
+    lines = _shared_args(_headings(_tables(text.split("\n"))))
     return _roles(obj, "\n".join(lines), public or {})
 
 
