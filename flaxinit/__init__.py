@@ -1,6 +1,6 @@
 """flaxinit: neural-network parameter initialization for JAX and Flax."""
 
-from flaxinit import models, recipes
+from flaxinit import models, recipes, sharding
 from flaxinit.diagnostics import (
     ActivationRecord,
     Finding,
@@ -62,6 +62,7 @@ from flaxinit.rules import (
     rule_mask,
     scale,
 )
+from flaxinit.sharding import init_sharded, nnx_init_sharded, partition_specs
 
 __version__ = "0.1.0"
 
@@ -96,6 +97,7 @@ __all__ = [
     "he_uniform",
     "health_report",
     "identity",
+    "init_sharded",
     "kaiming_normal",
     "kaiming_uniform",
     "lecun_normal",
@@ -103,9 +105,11 @@ __all__ = [
     "lsuv",
     "merge_pretrained",
     "models",
+    "nnx_init_sharded",
     "normal",
     "ones",
     "orthogonal",
+    "partition_specs",
     "per_layer",
     "recipes",
     "reinit",
@@ -113,6 +117,7 @@ __all__ = [
     "rule_mask",
     "scale",
     "scaled",
+    "sharding",
     "sparse",
     "stacked",
     "trunc_normal",

@@ -15,6 +15,7 @@ from _helpers import assert_ks, sample_tolerance
 from scipy import stats
 
 import flaxinit as fi
+from flaxinit.initializers.basic import truncated_standard_normal
 
 KEY = jax.random.key(20261122)
 N_SHAPE = (512, 1024)  # 524,288 samples
@@ -241,3 +242,15 @@ def test_low_precision_std(dtype):
     std = math.sqrt(2 / fi.compute_fans(VS_SHAPE)[0])
     # bf16 rounding adds a relative error of at most 2^-9 per value.
     assert abs(x.std() / std - 1) < sample_tolerance(x.size) + 2**-8
+
+
+@pytest.mark.parametrize("key_index", [4, 7])
+def test_far_truncation_bounds_have_no_spike_at_the_bound(key_index):
+    # jax.random.truncated_normal(k, -100, 100) returns exactly -100 for one of these
+    # 10^6 draws (erf(-100 / sqrt 2) rounds to -1, where erf_inv is -inf); a normal
+    # sample beyond 6 std has probability 2e-9 per draw.
+    key = jax.random.key(key_index)
+    z = truncated_standard_normal(key, -100.0, 100.0, (1000, 1000), jnp.float32)
+    assert float(jnp.abs(z).max()) < 6.0
+    w = fi.trunc_normal(std=0.02)(key, (1000, 1000))
+    assert float(jnp.abs(w).max()) < 6 * 0.02
