@@ -43,6 +43,7 @@ from flaxinit.rules.actions import (
     check_result,
     leaf_fans,
     to_action,
+    vmap_matches_loop,
 )
 from flaxinit.rules.paths import FlatTree, LeafInfo, flatten_tree
 from flaxinit.rules.patterns import Pattern, compile_pattern
@@ -353,6 +354,15 @@ def _leaf_key(key: Any, info: LeafInfo) -> Any:
 
 def _slice_keys(key: Any, info: LeafInfo, length: int, tag: int) -> Any:
     base = jax.random.fold_in(key, np.uint32(stable_hash(info.path)))
+    if not vmap_matches_loop(base):
+        # rbg-family keys fold in differently under vmap: build the keys one by one so
+        # that slice i gets exactly the key of unrolled layer i.
+        return jnp.stack(
+            [
+                jax.random.fold_in(jax.random.fold_in(base, np.uint32(i)), np.uint32(tag))
+                for i in range(length)
+            ]
+        )
     layer_keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(
         jnp.arange(length, dtype=jnp.uint32)
     )

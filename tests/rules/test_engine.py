@@ -500,7 +500,7 @@ class NList(nnx.Module):
         self.blocks = nnx.List([NBlock(rngs) for _ in range(3)])
 
 
-@pytest.mark.parametrize("impl", ["threefry2x32", "rbg"])
+@pytest.mark.parametrize("impl", ["threefry2x32", "rbg", "unsafe_rbg"])
 def test_nnx_vmap_matches_list_per_layer(impl):
     with nnx.use_eager_sharding(False):
         stacked, unrolled = NStack(nnx.Rngs(0)), NList(nnx.Rngs(1))
