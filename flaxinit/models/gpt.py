@@ -13,8 +13,9 @@ Stock modules only, named the way the transformer recipes expect by default:
 Blocks are ``blocks_0 ... blocks_{L-1}`` in Linen and ``blocks/0 ...`` (an ``nnx.List``)
 in NNX; with ``scan=True`` they are one stacked module ``blocks`` whose leaves have a
 leading layer axis (``nn.scan`` in Linen; ``nnx.vmap`` to build and ``nnx.scan`` to run
-in NNX). The stacked path is the unrolled one with the index removed, so the rules
-engine gives stacked slice ``i`` exactly the values of unrolled layer ``i``.
+in NNX). The stacked path is the unrolled one with the index removed, so rules wrapped in
+``per_layer`` (and the recipes' depth-indexed rules) give stacked slice ``i`` exactly
+the values of unrolled layer ``i``.
 """
 
 from __future__ import annotations

@@ -14,11 +14,15 @@ projection (attention ``out``, ``fc2``) reads every axis but the last; ``d`` in 
 formulas below is read the same way from each leaf (the input width of an input
 projection, the output width of an output projection, the feature axis of an embedding).
 
-Layers. Rules on parameters inside the repeated blocks run per layer: a leaf whose path
-names its layer (``blocks_3``, ``layers_3``, ``h_3``, ``blocks/3``) is one layer; any
-other leaf those rules hit is a stack along axis 0 (``nn.scan``, ``nnx.vmap``), and
-slice ``i`` gets the values of unrolled layer ``i``. Depth-indexed recipes use that
-index ``l`` (0-based).
+Layers. Depth-indexed rules (the residual projections' 1/sqrt(2L), llama's and
+OLMo's per-layer stds) run per layer: a leaf whose path names its layer
+(``blocks_3``, ``layers_3``, ``h_3``, ``blocks/3``) is one layer; any other leaf
+those rules hit is a stack along axis 0 (``nn.scan``, ``nnx.vmap``), and slice ``i``
+gets exactly the values of unrolled layer ``i``. Depth-indexed recipes use that index
+``l`` (0-based). Rules that give every kernel the same distribution (``gpt2``'s
+``N(0, 0.02)`` on all kernels, ``transformer``'s Xavier on q/k/v) draw a stacked leaf
+whole: the same distribution as an unrolled model, not the same values; wrap such a
+rule in ``per_layer`` where identical values matter.
 
 Std conventions. ``N(0, s)`` is a plain normal with std ``s``. ``trunc_normal(s, ±a)``
 is PyTorch's ``trunc_normal_`` with *absolute* bounds (std ``s`` before truncation;
