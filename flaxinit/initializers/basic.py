@@ -244,6 +244,11 @@ def _check_bounds(lower: float, upper: float, name: str) -> tuple[float, float]:
     return lower, upper
 
 
+# Below this bound (in std units) erf(bound / sqrt 2) stays off +-1 in float32 (it
+# reaches 1 near 5.5), so jax's sampler has no spike there.
+_ERF_RESOLVED = 5.0
+
+
 def truncated_standard_normal(key, lower, upper, shape, dtype, out_sharding=None):
     """``jax.random.truncated_normal``, without its spike at far bounds.
 
@@ -254,8 +259,12 @@ def truncated_standard_normal(key, lower, upper, shape, dtype, out_sharding=None
     of +-100 std, about 1 draw in 6 million is exactly -2.0. Here the uniform range is
     kept inside (-1, 1), so no sample goes beyond what the float inverse CDF resolves
     (about 5.3 std in float32; the normal mass beyond is 1e-7). Bounds that ``erf``
-    resolves give jax's values bit for bit.
+    resolves are left to jax (the same program, so the same values bit for bit).
     """
+    if abs(float(lower)) < _ERF_RESOLVED and abs(float(upper)) < _ERF_RESOLVED:
+        return jax.random.truncated_normal(
+            key, lower, upper, shape, dtype, out_sharding=out_sharding
+        )
     lower = jnp.asarray(lower, dtype)
     upper = jnp.asarray(upper, dtype)
     sqrt2 = np.array(np.sqrt(2), dtype)
