@@ -14,6 +14,8 @@ the docstring text, once the whole package is loaded and before it is parsed:
 * Simple reST tables (``====  ====`` rules) become Markdown tables.
 * ``Title`` underlined with ``---`` becomes a bold paragraph, and a paragraph ending in
   ``::`` (a reST literal block) ends in ``:`` (the indented block already is Markdown code).
+* reST's escaped space after inline code (a backslash and a space between a closing
+  double backtick and an ``s``, to write a plural) is dropped.
 * An ``Args:`` entry naming several parameters (``convs, norm_scales: the patterns.``)
   becomes one entry per parameter with the shared description (griffe reads one name per
   entry and warns that ``convs, norm_scales`` is not a parameter).
@@ -178,6 +180,7 @@ def rewrite(obj: griffe.Object, text: str, public: dict[str, str] | None = None)
     )
     text = re.sub(r"(?m)^([ \t]*)Example:[ \t]*$", r"\1Examples:", text)
     text = re.sub(r"(?m)(\S)::$", r"\1:", text)
+    text = text.replace("``\\ ", "``")  # reST: ``jax.Array``\ s -> ``jax.Array``s
     lines = _shared_args(_headings(_tables(text.split("\n"))))
     return _roles(obj, "\n".join(lines), public or {})
 
