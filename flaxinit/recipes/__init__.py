@@ -13,9 +13,10 @@ by list concatenation (later rules act on the result of earlier ones)::
 Every pattern a recipe uses is a keyword argument whose default names the stock Flax
 modules and the zoo in :mod:`flaxinit.models`; pass your own names, or ``None`` to drop
 a rule (except where a default depends on other arguments, as in ``lstm`` and ``fixup``:
-there ``None`` means that default and ``[]`` drops the rule). ``strict=True`` (the default of ``apply_rules``) raises when a recipe's pattern
-finds nothing, e.g. ``gpt2`` on a model without attention. Formulas, std conventions
-and sources are in each recipe's docstring.
+there ``None`` means that default and ``[]`` drops the rule). ``strict=True`` (the
+default of ``apply_rules``) raises when a recipe's pattern finds nothing, e.g. ``gpt2``
+on a model without attention. Formulas, std conventions and sources are in each
+recipe's docstring.
 
 ==========================  ======================================================
 family                      recipes
