@@ -19,7 +19,12 @@ from flaxinit.lsuv.fitting import (
     split_packed,
     summarize,
 )
-from flaxinit.lsuv.layers import LayerInfo, check_patterns_used, layer_key, make_selector
+from flaxinit.lsuv.layers import (
+    LayerInfo,
+    check_patterns_used,
+    make_selector,
+    pre_initialize_kernels,
+)
 
 DEFAULT_TYPES = (nn.Dense, nn.DenseGeneral, nn.Conv, nn.ConvTranspose, nn.Einsum)
 _SOWN = "lsuv_"
@@ -183,13 +188,13 @@ def apply_updates(variables, updates: Mapping[tuple, Any]) -> dict:
 
 def pre_initialize(variables, layers: list[LayerInfo], key, pre_init) -> dict:
     """Replaces each selected kernel by ``pre_init`` (orthonormal by default)."""
-    for info in layers:
-        leaf = meta.unbox(_get(variables, info.kernel_path))
+    leaves = [meta.unbox(_get(variables, info.kernel_path)) for info in layers]
+    for info, leaf in zip(layers, leaves, strict=True):
         _stack_ndim(info, leaf)
-        variables = _update_leaf(
-            variables, info.kernel_path, lambda k, i=info: pre_init(layer_key(key, i), i, k)
-        )
-    return variables
+    kernels = pre_initialize_kernels(pre_init, key, layers, leaves)
+    return apply_updates(
+        variables, {i.kernel_path: k for i, k in zip(layers, kernels, strict=True)}
+    )
 
 
 def build_program(model, variables, batch, *, layers, config, pre_init, call_kwargs):

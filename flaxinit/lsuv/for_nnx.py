@@ -24,7 +24,12 @@ from flaxinit.lsuv.fitting import (
     split_packed,
     summarize,
 )
-from flaxinit.lsuv.layers import LayerInfo, check_patterns_used, layer_key, make_selector
+from flaxinit.lsuv.layers import (
+    LayerInfo,
+    check_patterns_used,
+    make_selector,
+    pre_initialize_kernels,
+)
 
 DEFAULT_TYPES = (nnx.Linear, nnx.LinearGeneral, nnx.Conv, nnx.ConvTranspose, nnx.Einsum)
 _MARK = "_flaxinit_lsuv"
@@ -165,10 +170,13 @@ def build_program(model, *, layers, config, pre_init, call_kwargs):
 
     def program(graphdef, state, batch, key):
         module = nnx.merge(graphdef, state)
-        for path, _, info in selected:
-            layer = _module_at(module, path)
-            if pre_init is not None:
-                layer.kernel[...] = pre_init(layer_key(key, info), info, layer.kernel[...])
+        if pre_init is not None:
+            layers = [_module_at(module, path) for path, _, _ in selected]
+            kernels = pre_initialize_kernels(
+                pre_init, key, infos, [layer.kernel[...] for layer in layers]
+            )
+            for layer, kernel in zip(layers, kernels, strict=True):
+                layer.kernel[...] = kernel
         sizes: dict[str, int] = {}
         with _patched(classes, config, order, sizes):
             _, sown = nnx.capture(lambda m, x: m(x, **call_kwargs), nnx.Intermediate)(module, batch)

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxinit.initializers import orthogonal
+from flaxinit.initializers.orthogonal import _orthogonal_matrix
+from flaxinit.rules.actions import vmap_matches_loop
 from flaxinit.rules.engine import stable_hash
 from flaxinit.rules.patterns import compile_pattern
 
@@ -121,3 +123,77 @@ def orthonormal_kernel(key: jax.Array, info: LayerInfo, leaf: jax.Array) -> jax.
     q = orthogonal(batch_axis=0)(key, matrix, jnp.float32)
     q = jnp.transpose(q.reshape(moved), np.argsort(perm))
     return q.astype(leaf.dtype)
+
+
+def _as_matrices(info: LayerInfo, leaf: jax.Array):
+    """``(permutation, permuted shape, (batch, rows, cols))`` of the kernel's matrix view."""
+    stack = leaf.ndim - len(info.kernel_shape)
+    per = info.kernel_shape
+    rows = [i for i in range(len(per)) if i not in info.batch_axes and i not in info.out_axes]
+    order = [*info.batch_axes, *rows, *info.out_axes]
+    perm = [*range(stack), *(stack + i for i in order)]
+    moved = tuple(leaf.shape[p] for p in perm)
+    batch = math.prod(leaf.shape[:stack]) * math.prod(per[i] for i in info.batch_axes)
+    return (
+        perm,
+        moved,
+        (batch, math.prod(per[i] for i in rows), math.prod(per[i] for i in info.out_axes)),
+    )
+
+
+def _layer_keys(key: jax.Array, infos: Sequence[LayerInfo]) -> jax.Array:
+    """``layer_key`` of every layer, stacked: one vectorized fold-in where that draws
+    what a loop would (threefry), since each unrolled fold-in is compiled on its own."""
+    if vmap_matches_loop(key):
+        hashes = np.asarray([stable_hash(info.name) for info in infos], np.uint32)
+        return jax.vmap(lambda h: jax.random.fold_in(key, h))(hashes)
+    return jnp.stack([layer_key(key, info) for info in infos])
+
+
+def orthonormal_kernels(key: jax.Array, infos: Sequence[LayerInfo], leaves) -> list[jax.Array]:
+    """:func:`orthonormal_kernel` for every layer, with the same values.
+
+    Layers whose matrices have the same shape share one decomposition (a loop over
+    their matrices on the CPU, a batch elsewhere), so the program's size, and its
+    compile time, does not grow with the number of layers: at 100 layers of 256^2,
+    one QR compiled instead of 100.
+    """
+    plans, groups = [], {}
+    layer_keys = _layer_keys(key, infos)
+    batches = [_as_matrices(info, leaf)[2][0] for info, leaf in zip(infos, leaves, strict=True)]
+    ones = [n for n, batch in enumerate(batches) if batch == 1]
+    # One split per layer, as orthogonal(batch_axis=0) splits its key; batched where
+    # vmap draws what a loop draws (threefry) so that the program does not grow with depth.
+    firsts = {}
+    if ones and vmap_matches_loop(key):
+        split = jax.vmap(lambda k: jax.random.split(k, 1))(layer_keys[np.asarray(ones)])
+        firsts = {n: split[i] for i, n in enumerate(ones)}
+    for n, (info, leaf) in enumerate(zip(infos, leaves, strict=True)):
+        perm, moved, (batch, rows, cols) = _as_matrices(info, leaf)
+        keys = firsts[n] if n in firsts else jax.random.split(layer_keys[n], batch)
+        groups.setdefault((rows, cols), []).append((n, keys))
+        plans.append((perm, moved, leaf.dtype))
+    out: list = [None] * len(plans)
+    for (rows, cols), members in groups.items():
+        keys = jnp.concatenate([k for _, k in members])
+        q = jax.vmap(lambda k, shape=(rows, cols): _orthogonal_matrix(k, shape, 1, jnp.float32))(
+            keys
+        )
+        start = 0
+        for n, layer_keys in members:
+            perm, moved, dtype = plans[n]
+            count = layer_keys.shape[0]
+            matrices = q[start : start + count]
+            start += count
+            out[n] = jnp.transpose(matrices.reshape(moved), np.argsort(perm)).astype(dtype)
+    return out
+
+
+def pre_initialize_kernels(pre_init, key: jax.Array, infos: Sequence[LayerInfo], leaves):
+    """New kernels for every selected layer: orthonormal ones grouped by shape, or
+    ``pre_init(layer_key, info, leaf)`` layer by layer."""
+    if pre_init is orthonormal_kernel:
+        return orthonormal_kernels(key, infos, leaves)
+    return [
+        pre_init(layer_key(key, info), info, leaf) for info, leaf in zip(infos, leaves, strict=True)
+    ]
