@@ -446,6 +446,46 @@ def _in_layout(step: Callable[..., Any], x: Any, keys: Any, layout: Any) -> Any:
     return out
 
 
+def _rule_keys(key: Any, steps: Sequence[tuple[int, LeafInfo, tuple[Rule, ...]]]) -> dict:
+    """The key of every (leaf, rule) step that draws on an unstacked leaf, all at once:
+    ``{position in steps: {rule step: key}}``.
+
+    Each key is ``fold_in`` of the leaf's path hash (then its layer index) and the
+    rule's tag, as :func:`_leaf_key` derives it; one vectorized chain of fold-ins
+    replaces one per step, which XLA would otherwise compile one by one (threefry is
+    unrolled into the program). Only where ``vmap`` draws what a loop draws
+    (threefry); otherwise (and for no key) an empty dict: the steps derive their own.
+    """
+    if key is None or not vmap_matches_loop(key):
+        return {}
+    chains = []
+    for i, (_, info, hits) in enumerate(steps):
+        for step, rule in enumerate(hits):
+            axis, action = _stack_axis(info, rule.value)
+            if axis is not None or not action.needs_key:
+                continue
+            if info.layer is not None:
+                chain = (stable_hash(info.canonical), info.layer, rule.tag)
+            else:
+                chain = (stable_hash(info.path), rule.tag)
+            chains.append(((i, step), chain))
+    keys = {}
+    for length in sorted({len(chain) for _, chain in chains}):
+        group = [(where, chain) for where, chain in chains if len(chain) == length]
+        constants = np.asarray([chain for _, chain in group], np.uint32)
+
+        def derive(row, length=length):
+            k = key
+            for j in range(length):
+                k = jax.random.fold_in(k, row[j])
+            return k
+
+        derived = jax.vmap(derive)(constants)
+        for j, ((leaf, step), _) in enumerate(group):
+            keys.setdefault(leaf, {})[step] = derived[j]
+    return keys
+
+
 def _run_leaf(
     layers: _Layers,
     n: int,
@@ -454,8 +494,10 @@ def _run_leaf(
     x: Any,
     key: Any,
     layout: Any = None,
+    step_keys: Mapping[int, Any] | None = None,
 ) -> Any:
     x = jnp.asarray(x)
+    step_keys = step_keys or {}
     leaf_key = None
     for step, rule in enumerate(hits):
         if step:
@@ -469,7 +511,9 @@ def _run_leaf(
         needs_key = key is not None and action.needs_key
         if axis is None:
             k = None
-            if needs_key:
+            if needs_key and step in step_keys:
+                k = step_keys[step]
+            elif needs_key:
                 leaf_key = _leaf_key(key, info) if leaf_key is None else leaf_key
                 k = jax.random.fold_in(leaf_key, np.uint32(rule.tag))
             ctx = layers.context(n, info)
@@ -514,9 +558,19 @@ def _program(
     layouts = tuple(layouts) if layouts is not None else (None,) * len(steps)
 
     def run(xs: list[Any], key: Any) -> list[Any]:
+        keys = _rule_keys(key, steps)
         return [
-            _run_leaf(layers, n, info, hits, x, key, layout)
-            for (n, info, hits), x, layout in zip(steps, xs, layouts, strict=True)
+            _run_leaf(
+                layers,
+                n,
+                info,
+                hits,
+                x,
+                key,
+                layout,
+                keys.get(i),
+            )
+            for i, ((n, info, hits), x, layout) in enumerate(zip(steps, xs, layouts, strict=True))
         ]
 
     make = lambda: jax.jit(run, out_shardings=shardings)
