@@ -500,3 +500,25 @@ def test_bias_larger_than_target_is_unreachable():
     new, report = lsuv(model, variables, x, key=KEY, pre_init=None)
     assert report[0].status.startswith("target unreachable")
     chex.assert_trees_all_equal(new, variables)
+
+
+@pytest.mark.parametrize("impl", ["threefry2x32", "rbg", "unsafe_rbg"])
+def test_grouped_pre_init_equals_layer_by_layer(impl):
+    # Same-shape layers share one decomposition and the layer keys come from one
+    # vectorized fold-in; every kernel must still be the one its own draw gives.
+    from flaxinit.lsuv.layers import LayerInfo, layer_key, orthonormal_kernel, orthonormal_kernels
+
+    shapes = [(32, 16), (32, 16), (3, 3, 4, 8), (32, 16)]
+    infos = [
+        LayerInfo(
+            f"layer_{i}", "Dense", ("params", f"layer_{i}", "kernel"), None, s, (), (len(s) - 1,)
+        )
+        for i, s in enumerate(shapes)
+    ]
+    leaves = [jnp.zeros(s) for s in shapes]
+    leaves[1] = jnp.zeros((5, 32, 16))  # a stacked (scanned) layer
+    key = jax.random.key(3, impl=impl)
+    grouped = jax.jit(lambda k: orthonormal_kernels(k, infos, leaves))(key)
+    for info, leaf, got in zip(infos, leaves, grouped, strict=True):
+        want = jax.jit(lambda k, i=info, x=leaf: orthonormal_kernel(layer_key(k, i), i, x))(key)
+        np.testing.assert_array_equal(got, want)
