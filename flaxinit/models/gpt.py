@@ -62,6 +62,25 @@ class MlpBlock(nn.Module):
         return nn.Dense(x.shape[-1], name="fc2")(h)
 
 
+def run_blocks(x, mask, num_layers: int, num_heads: int, mlp_ratio: int, scan: bool):
+    r"""``num_layers`` Linen :class:`Block`\ s, stacked by ``nn.scan`` as ``blocks`` or
+    unrolled as ``blocks_0 ...``; call from a compact method (the blocks are its
+    submodules)."""
+    if scan:
+        stack = nn.scan(
+            Block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=nn.broadcast,
+            length=num_layers,
+        )
+        x, _ = stack(num_heads, mlp_ratio, name="blocks")(x, mask)
+        return x
+    for i in range(num_layers):
+        x, _ = Block(num_heads, mlp_ratio, name=f"blocks_{i}")(x, mask)
+    return x
+
+
 class GPT(nn.Module):
     """A GPT-style decoder-only language model (Linen).
 
@@ -96,18 +115,7 @@ class GPT(nn.Module):
         x = nn.Embed(self.vocab_size, self.d_model, name="wte")(tokens)
         x = x + nn.Embed(self.max_len, self.d_model, name="wpe")(jnp.arange(length))
         mask = _causal_mask(length)
-        if self.scan:
-            stack = nn.scan(
-                Block,
-                variable_axes={"params": 0},
-                split_rngs={"params": True},
-                in_axes=nn.broadcast,
-                length=self.num_layers,
-            )
-            x, _ = stack(self.num_heads, self.mlp_ratio, name="blocks")(x, mask)
-        else:
-            for i in range(self.num_layers):
-                x, _ = Block(self.num_heads, self.mlp_ratio, name=f"blocks_{i}")(x, mask)
+        x = run_blocks(x, mask, self.num_layers, self.num_heads, self.mlp_ratio, self.scan)
         x = nn.LayerNorm(name="ln_f")(x)
         return nn.Dense(self.vocab_size, name="head")(x)
 

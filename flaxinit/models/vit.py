@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flaxinit.models.gpt import Block, NNXBlock, nnx_run_stack, nnx_stack
+from flaxinit.models.gpt import NNXBlock, nnx_run_stack, nnx_stack, run_blocks
 
 __all__ = ["NNXViT", "ViT"]
 
@@ -48,18 +48,7 @@ class ViT(nn.Module):
         x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, d)), x], axis=1)
         n = (self.image_size // p) ** 2 + 1
         x = x + self.param("pos_embedding", nn.initializers.normal(0.02), (1, n, d))
-        if self.scan:
-            stack = nn.scan(
-                Block,
-                variable_axes={"params": 0},
-                split_rngs={"params": True},
-                in_axes=nn.broadcast,
-                length=self.num_layers,
-            )
-            x, _ = stack(self.num_heads, self.mlp_ratio, name="blocks")(x, None)
-        else:
-            for i in range(self.num_layers):
-                x, _ = Block(self.num_heads, self.mlp_ratio, name=f"blocks_{i}")(x, None)
+        x = run_blocks(x, None, self.num_layers, self.num_heads, self.mlp_ratio, self.scan)
         x = nn.LayerNorm(name="ln_f")(x)
         return nn.Dense(self.num_classes, name="head")(x[:, 0])
 
