@@ -16,13 +16,15 @@ cached output. Folding ``c`` into the kernel afterwards reproduces exactly the
 output the rest of the network already saw.
 
 What runs per layer is kept small because it is compiled once per layer: the exact
-solver reduces the output blob once (one variadic reduction giving the sums of
-``z, z^2, z b, b, b^2``), computes ``c`` in a single scalar expression that ends
-in a division (so XLA keeps it out of the elementwise rescale instead of
-duplicating it there), and carries the raw sums out; the report's variances and
-status codes are derived from those sums for all layers at once, after the pass.
-The per-layer function is itself jitted, so a stack of same-shaped layers is traced
-once.
+solver reduces the output blob once (one reduction of the stacked terms giving the
+sums of ``z, z^2, z b, b, b^2`` as a vector), computes ``c`` in a single scalar
+expression that ends in a division (so XLA keeps it out of the elementwise rescale
+instead of duplicating it there), and the program returns each layer's sums and
+``c`` as they are; the report's variances and status codes are derived from them
+on the host, for all layers at once. Packing the layers' numbers into one array
+inside the program, returning the five sums as scalars, or returning more scalars
+per layer all compiled or ran measurably slower. The per-layer function is itself
+jitted, so a stack of same-shaped layers is traced once.
 """
 
 from __future__ import annotations
@@ -189,60 +191,62 @@ def _result(scale, shift, var_before, var_after, rounds, status):
 # Below this variance a layer's bias-free output counts as constant (and c = 1 / a
 # could overflow float32).
 _TINY = float(np.finfo(np.float32).tiny)
-EXACT_FIELDS = ("sum_z", "sum_zz", "sum_zb", "sum_b", "sum_bb", "scale", "shift")
+# What each layer sows under the exact solver (``shift`` only when centring).
+EXACT_FIELDS = ("sums", "scale")
+FIELDS = ("scale", "shift", "var_before", "var_after", "rounds", "status")
+_INTEGER_FIELDS = ("rounds", "status")
 
 
-def _add(xs, ys):
-    return tuple(x + y for x, y in zip(xs, ys, strict=True))
+def blob_sums(z: jax.Array, bias: jax.Array | None) -> jax.Array:
+    """Sums of ``z, z^2, z b, b, b^2`` over the output blob, as one vector.
 
-
-def blob_sums(z: jax.Array, bias: jax.Array | None) -> tuple[jax.Array, ...]:
-    """Sums of ``z, z^2, z b, b, b^2`` over the output blob, in one variadic reduction."""
-    axes = tuple(range(z.ndim))
-    zero = jnp.float32(0.0)
-    if bias is None:
-        return (*lax.reduce((z, z * z), (zero, zero), _add, axes), zero, zero, zero)
-    b = jnp.broadcast_to(bias, z.shape)
-    return lax.reduce((z, z * z, z * b, b, b * b), (zero,) * 5, _add, axes)
-
-
-def closed_form(sums, size, target: float, tol: float) -> dict[str, jax.Array]:
-    """The exact solver's quantities from a blob's sums (elementwise: stacked sums work).
-
-    With ``a = Var(z)``, ``m = Cov(z, b)``, ``v = Var(b)``, the positive root of
-    ``a c^2 + 2 m c + v = target`` is ``(sqrt(m^2 - a (v - target)) - m) / a``. The
-    layer is rescaled only when it is off target by ``tol`` or more and the root
-    exists, is positive and finite; otherwise ``scale`` is exactly 1.
+    One reduction of the stacked terms (XLA fuses the stack into it), giving a
+    ``(5,)`` vector, or ``(2,)`` (``z, z^2``) without a bias. A vector rather than
+    five scalars: the program returns it as one output per layer, which measured
+    faster than five scalar outputs or one concatenation of all layers' sums.
     """
-    inv = 1.0 / size
-    ez, ezz, ezb, eb, ebb = (s * inv for s in sums)
-    a = ezz - ez * ez
-    m = ezb - ez * eb
-    v = ebb - eb * eb
-    var_before = a + 2 * m + v
-    disc = m * m - a * (v - target)
-    numerator = jnp.sqrt(jnp.maximum(disc, 0.0)) - m
-    needed = jnp.abs(var_before - target) >= tol
-    zero_var = a <= _TINY
-    reachable = (disc >= 0) & (numerator > 0)
-    finite = jnp.isfinite(var_before) & jnp.isfinite(numerator)
-    rescale = needed & reachable & ~zero_var & finite
-    # The division comes last so that XLA computes the scale once, as a scalar.
-    scale = jnp.where(rescale, numerator, 1.0) / jnp.where(rescale, a, 1.0)
-    return {
-        "a": a,
-        "m": m,
-        "v": v,
-        "z_mean": ez,
-        "b_mean": eb,
-        "var_before": var_before,
-        "needed": needed,
-        "zero_var": zero_var,
-        "reachable": reachable,
-        "finite": finite,
-        "rescale": rescale,
-        "scale": scale,
-    }
+    if bias is None:
+        terms = [z, z * z]
+    else:
+        b = jnp.broadcast_to(bias, z.shape)
+        terms = [z, z * z, z * b, b, b * b]
+    # As (positions, channels) matrices whatever the layer's rank: a conv's 4-d
+    # blobs compiled slower, fully flat rows ran slower.
+    cols = z.shape[-1] if z.ndim and z.shape[-1] else 1
+    return jnp.sum(jnp.stack([t.reshape(-1, cols) for t in terms]), axis=(1, 2))
+
+
+def split_sums(sums, zero=0.0) -> tuple:
+    """``(s_z, s_zz, s_zb, s_b, s_bb)`` from :func:`blob_sums`'s vectors (last axis);
+    a layer without a bias gets ``zero`` for its bias terms."""
+    parts = tuple(sums[..., i] for i in range(sums.shape[-1]))
+    return parts if len(parts) == 5 else (*parts, zero, zero, zero)
+
+
+def closed_form(sums, size: int, target: float, tol: float) -> dict[str, jax.Array]:
+    """The exact solver's scale for one layer, from its output blob's sums.
+
+    With the blob's centred moments ``a = Var(z)``, ``m = Cov(z, b)``,
+    ``v = Var(b)``, the positive root of ``a c^2 + 2 m c + v = target`` is
+    ``(sqrt(m^2 - a (v - target)) - m) / a``. The layer is rescaled only when it
+    is off target by ``tol`` or more, ``a`` is above float32's
+    smallest normal, and the root's numerator is positive and finite (a negative
+    discriminant gives NaN, which fails the test); otherwise ``scale`` is exactly 1.
+
+    Few operations and no nested calls: this is compiled once per layer.
+    """
+    e_z, e_zz, e_zb, e_b, e_bb = (s * (1.0 / size) for s in sums)
+    a = e_zz - e_z * e_z
+    m = e_zb - e_b * e_z
+    gap = e_bb - e_b * e_b - target
+    needed = abs(a + 2.0 * m + gap) >= tol
+    numerator = lax.sqrt(m * m - a * gap) - m
+    rescaled = needed & (numerator > 0) & (numerator < np.inf) & (a > _TINY)
+    one = jnp.ones_like(a)
+    # The division comes last so that XLA computes the scale once, as a scalar,
+    # rather than inside the elementwise rescale that consumes it.
+    scale = lax.select(rescaled, numerator, one) / lax.select(rescaled, a, one)
+    return {"scale": scale, "z_mean": e_z, "b_mean": e_b}
 
 
 @functools.partial(jax.jit, static_argnames="config")
@@ -252,7 +256,10 @@ def fit_output(
     """Fits one layer on its output; returns what the next layer sees and what to sow.
 
     ``bias`` is broadcast against ``out``'s trailing dims (or has its full shape).
-    Jitted with the settings static, so same-shaped layers share one trace.
+    What is sown is :data:`EXACT_FIELDS` (plus the bias ``shift`` when centring)
+    under the exact solver, :data:`FIELDS` when iterating; :func:`fold_values` and
+    :func:`fits_from_sown` read it. Jitted with the settings static, so same-shaped
+    layers share one trace.
     """
     z = out.astype(jnp.float32)
     b = None if bias is None else bias.astype(jnp.float32)
@@ -260,11 +267,14 @@ def fit_output(
         z = z - b
     if uses_closed_form(config):
         sums = blob_sums(z, b)
-        terms = closed_form(sums, z.size, config.target_var, config.tol)
-        scale = terms["scale"]
-        shift = -(scale * terms["z_mean"] + terms["b_mean"]) if config.center else jnp.float32(0)
-        fit = {"scale": scale, "shift": shift}
-        sown = (*sums, scale, shift)
+        terms = closed_form(split_sums(sums), z.size, config.target_var, config.tol)
+        fit = {"scale": terms["scale"]}
+        # The scale is the fit's only scalar output: more outputs split the scalar
+        # solve into several kernels per layer (each one compiled on its own).
+        sown = (sums, terms["scale"])
+        if config.center:
+            fit["shift"] = -(terms["scale"] * terms["z_mean"] + terms["b_mean"])
+            sown = (*sown, fit["shift"])
     else:
         fit = fit_layer(z, b, config)
         sown = tuple(fit[field].astype(jnp.float32) for field in FIELDS)
@@ -276,47 +286,88 @@ def uses_closed_form(config: FitConfig) -> bool:
     return config.activation is None and config.solver == "exact" and config.feasible
 
 
-def summarize(
-    sown: Sequence[tuple[jax.Array, ...]], sizes: Sequence[int], config: FitConfig
-) -> tuple[list[jax.Array], list[jax.Array], jax.Array]:
-    """Per-layer scales and shifts (for the fold) and every layer's fit as one array.
-
-    ``sown[i]`` is what :func:`fit_output` returned for layer ``i`` (each entry with
-    the layer's stacking shape), ``sizes[i]`` the number of elements of one of its
-    output blobs. Returns ``(scales, shifts, packed)`` with ``packed`` of shape
-    ``(total slices, len(FIELDS))``: the report's numbers for all layers, computed
-    at once.
-    """
+def fold_values(
+    sown: Sequence[tuple[jax.Array, ...]], config: FitConfig
+) -> tuple[list[jax.Array], list[jax.Array | None]]:
+    """Each layer's kernel scale and bias shift (``None`` when not centring)."""
     if uses_closed_form(config):
-        scale_at, shift_at = EXACT_FIELDS.index("scale"), EXACT_FIELDS.index("shift")
+        scale_at = EXACT_FIELDS.index("scale")
+        shift_at = len(EXACT_FIELDS) if config.center else None
     else:
         scale_at, shift_at = FIELDS.index("scale"), FIELDS.index("shift")
     scales = [fields[scale_at] for fields in sown]
-    shifts = [fields[shift_at] for fields in sown]
-    flat = [[lax.reshape(x, (x.size,)) for x in fields] for fields in sown]
-    columns = [lax.concatenate([f[i] for f in flat], 0) for i in range(len(flat[0]))]
-    if not uses_closed_form(config):
-        return scales, shifts, jnp.stack(columns, axis=-1)
-    counts = [f[0].shape[0] for f in flat]
-    size = np.repeat(np.asarray(sizes, np.float32), counts)
-    *sums, scale, shift = columns
-    terms = closed_form(sums, size, config.target_var, config.tol)
-    a, m, v, var_before = terms["a"], terms["m"], terms["v"], terms["var_before"]
-    rescale = terms["rescale"]
-    needed = terms["needed"]
-    status = jnp.where(needed & ~terms["reachable"], INFEASIBLE, OK)
-    status = jnp.where(needed & terms["zero_var"], ZERO_VARIANCE, status)
-    status = jnp.where(~terms["finite"], NON_FINITE, status)
-    var_after = jnp.where(rescale, scale * scale * a + 2 * scale * m + v, var_before)
-    fit = {
+    shifts = [None if shift_at is None else fields[shift_at] for fields in sown]
+    return scales, shifts
+
+
+def fits_from_sown(
+    sown: Sequence[tuple], sizes: Sequence[int], config: FitConfig
+) -> list[dict[str, np.ndarray]]:
+    """Per-layer fit records (numpy, with each layer's stacking shape) for the report.
+
+    Computed on the host, for all layers at once, from what the fitting program
+    returned per layer (under the exact solver: the blob's sums and the scale,
+    plus the shift when centring). ``sizes[i]`` is the number of elements of one of
+    layer ``i``'s output blobs. The rescale decisions are the program's own (read
+    from the scales); the variances are recomputed here in float64.
+    """
+    exact = uses_closed_form(config)
+    host = [[np.asarray(v) for v in fields] for fields in sown]
+    shapes = [fields[1 if exact else 0].shape for fields in host]
+    counts = [int(np.prod(shape)) for shape in shapes]
+    if exact:
+        host = [[*split_sums(f[0], np.zeros(f[0].shape[:-1])), *f[1:]] for f in host]
+    # Every layer's numbers at once: one column per field, one row per slice.
+    columns = [np.concatenate([f[i].reshape(-1) for f in host]) for i in range(len(host[0]))]
+    if exact:
+        packed = _exact_fit(columns, np.repeat(np.asarray(sizes, np.float64), counts), config)
+    else:
+        packed = dict(zip(FIELDS, columns, strict=True))
+    fits, start = [], 0
+    for shape, count in zip(shapes, counts, strict=True):
+        fits.append(
+            {
+                k: v[start : start + count]
+                .reshape(shape)
+                .astype(np.int32 if k in _INTEGER_FIELDS else np.float32)
+                for k, v in packed.items()
+            }
+        )
+        start += count
+    return fits
+
+
+def _exact_fit(values, size, config: FitConfig) -> dict[str, np.ndarray]:
+    e_z, e_zz, e_zb, e_b, e_bb = (v.astype(np.float64) / size for v in values[:5])
+    scale = values[5].astype(np.float64)
+    shift = values[6] if config.center else np.zeros_like(scale)
+    a = e_zz - e_z * e_z
+    m = e_zb - e_b * e_z
+    v = e_bb - e_b * e_b
+    # The program's decision: a rescaled layer's scale is never exactly 1 (that
+    # would mean it was on target already).
+    rescaled = scale != 1.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        var_before = a + 2 * m + v
+        var_after = np.where(rescaled, scale * scale * a + 2 * scale * m + v, var_before)
+        gap = v - config.target_var
+        numerator = np.sqrt(m * m - a * gap) - m
+        off_target = np.abs(var_before - config.target_var) >= config.tol
+        # Within float32 rounding of ``tol`` the program may have judged a layer on
+        # target that float64 puts just outside: a solvable layer left unchanged was
+        # judged on target.
+        solvable = (numerator > 0) & np.isfinite(numerator) & (a > _TINY)
+    status = np.where(off_target & ~rescaled & ~solvable, INFEASIBLE, OK)
+    status = np.where(off_target & ~rescaled & (a <= _TINY), ZERO_VARIANCE, status)
+    status = np.where(np.isfinite(var_before), status, NON_FINITE)
+    return {
         "scale": scale,
         "shift": shift,
         "var_before": var_before,
         "var_after": var_after,
-        "rounds": rescale.astype(jnp.float32),
-        "status": status.astype(jnp.float32),
+        "rounds": rescaled.astype(np.int32),
+        "status": status,
     }
-    return scales, shifts, jnp.stack([fit[field] for field in FIELDS], axis=-1)
 
 
 @functools.partial(jax.jit, static_argnames="stack")
@@ -338,32 +389,14 @@ def shift_bias(bias: jax.Array, shift: jax.Array, stack: int) -> jax.Array:
     return (bias + offset.astype(bias.dtype)).astype(bias.dtype)
 
 
-def split_packed(packed, shapes: Sequence[tuple[int, ...]]) -> list[dict[str, np.ndarray]]:
-    """Per-layer fit dicts (numpy, with each layer's stacking shape) from ``packed``."""
-    packed = np.asarray(packed)
-    fits, start = [], 0
-    for shape in shapes:
-        count = int(np.prod(shape))
-        rows = packed[start : start + count].reshape((*shape, len(FIELDS)))
-        start += count
-        fits.append(
-            {
-                field: rows[..., i].astype(np.int32) if field in _INTEGER_FIELDS else rows[..., i]
-                for i, field in enumerate(FIELDS)
-            }
-        )
-    return fits
-
-
-FIELDS = ("scale", "shift", "var_before", "var_after", "rounds", "status")
-_INTEGER_FIELDS = ("rounds", "status")
-
-
 def rescaled_output(
     z: jax.Array, bias: jax.Array | None, fit: dict[str, jax.Array], dtype
 ) -> jax.Array:
-    """The layer output the rest of the network sees once the fit is folded in."""
-    y = fit["scale"] * z.astype(jnp.float32) + fit["shift"]
+    """The layer output the rest of the network sees once the fit is folded in
+    (``fit`` has a ``scale`` and, when centring, a ``shift``)."""
+    y = fit["scale"] * z.astype(jnp.float32)
+    if "shift" in fit:
+        y = y + fit["shift"]
     if bias is not None:
         y = y + bias.astype(jnp.float32)
     return y.astype(dtype)

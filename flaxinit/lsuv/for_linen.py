@@ -14,10 +14,10 @@ from flax.core import meta
 from flaxinit.lsuv.fitting import (
     FitConfig,
     fit_output,
+    fits_from_sown,
+    fold_values,
     scale_kernel,
     shift_bias,
-    split_packed,
-    summarize,
 )
 from flaxinit.lsuv.layers import (
     LayerInfo,
@@ -212,31 +212,29 @@ def build_program(model, variables, batch, *, layers, config, pre_init, call_kwa
             f"lsuv: no layer selected; layers with a kernel: {candidates[:10]} "
             "(default selection: Dense, DenseGeneral, Conv, ConvTranspose, Einsum)"
         )
-    shapes: list[tuple[int, ...]] = []
+    sizes: list[int] = []  # each layer's output size, recorded when the program is traced
 
     def program(variables, batch, key):
         kernels = []
         if pre_init is not None:
             variables = pre_initialize(variables, infos, key, pre_init)
             kernels = [meta.unbox(_get(variables, info.kernel_path)) for info in infos]
-        sown, sizes = measure_and_fit(model, variables, batch, call_kwargs, infos, config)
-        shapes[:] = [tuple(jnp.shape(fields[0])) for fields in sown]
-        scales, shifts, packed = summarize(sown, sizes, config)
-        return kernels, scales, shifts if config.center else [], packed
+        sown, sizes[:] = measure_and_fit(model, variables, batch, call_kwargs, infos, config)
+        return kernels, sown
 
     jitted = jax.jit(program)
 
     def run(variables, batch, key):
         """The fitting pass, then the fold (one small program per kernel shape)."""
         variables = dict(variables)
-        kernels, scales, shifts, packed = jitted(variables, batch, key)
+        kernels, sown = jitted(variables, batch, key)
         if kernels:
             variables = apply_updates(
                 variables, {info.kernel_path: k for info, k in zip(infos, kernels, strict=True)}
             )
-        shifts = shifts or [None] * len(infos)
+        scales, shifts = fold_values(sown, config)
         variables = apply_updates(variables, fold(variables, infos, scales, shifts, config.center))
-        return variables, split_packed(packed, shapes)
+        return variables, fits_from_sown(sown, sizes, config)
 
     run.jitted = jitted
     return run, infos

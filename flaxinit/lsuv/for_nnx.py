@@ -19,10 +19,10 @@ from flax import nnx
 from flaxinit.lsuv.fitting import (
     FitConfig,
     fit_output,
+    fits_from_sown,
+    fold_values,
     scale_kernel,
     shift_bias,
-    split_packed,
-    summarize,
 )
 from flaxinit.lsuv.layers import (
     LayerInfo,
@@ -166,7 +166,7 @@ def build_program(model, *, layers, config, pre_init, call_kwargs):
     infos = [info for _, _, info in selected]
     classes = {type(module) for _, module, _ in selected}
     order: list[str] = []
-    shapes: list[tuple[int, ...]] = []
+    layer_sizes: list[int] = []  # each layer's output size, recorded when the program is traced
 
     def program(graphdef, state, batch, key):
         module = nnx.merge(graphdef, state)
@@ -196,19 +196,19 @@ def build_program(model, *, layers, config, pre_init, call_kwargs):
                     "pass (shared weights); LSUV scales each kernel once: leave it out with layers="
                 )
             measured.append(tuple(_unwrap(v) for v in sown_fit[0]))
-        shapes[:] = [tuple(jnp.shape(fields[0])) for fields in measured]
-        scales, shifts, packed = summarize(measured, [sizes[i.name] for i in infos], config)
+        layer_sizes[:] = [sizes[i.name] for i in infos]
         kernels = []
         if pre_init is not None:
             kernels = [_module_at(module, path).kernel[...] for path, _, _ in selected]
-        return kernels, scales, shifts if config.center else [], packed
+        return kernels, measured
 
     jitted = jax.jit(program, static_argnums=0)
 
     def run(model, batch, key):
         """The fitting pass, then the fold into ``model`` (one small program per shape)."""
         graphdef, state = nnx.split(model)
-        kernels, scales, shifts, packed = jitted(graphdef, state, batch, key)
+        kernels, measured = jitted(graphdef, state, batch, key)
+        scales, shifts = fold_values(measured, config)
         for i, (path, _, info) in enumerate(selected):
             layer = _module_at(model, path)
             kernel = kernels[i] if kernels else layer.kernel[...]
@@ -216,7 +216,7 @@ def build_program(model, *, layers, config, pre_init, call_kwargs):
             layer.kernel[...] = scale_kernel(kernel, scales[i], stack)
             if config.center and info.bias_path is not None:
                 layer.bias[...] = shift_bias(layer.bias[...], shifts[i], stack)
-        return split_packed(packed, shapes)
+        return fits_from_sown(measured, layer_sizes, config)
 
     run.jitted = jitted
     marked_modules = [module for _, module, _ in selected]

@@ -163,28 +163,41 @@ def orthonormal_kernels(key: jax.Array, infos: Sequence[LayerInfo], leaves) -> l
     batches = [_as_matrices(info, leaf)[2][0] for info, leaf in zip(infos, leaves, strict=True)]
     ones = [n for n, batch in enumerate(batches) if batch == 1]
     # One split per layer, as orthogonal(batch_axis=0) splits its key; batched where
-    # vmap draws what a loop draws (threefry) so that the program does not grow with depth.
-    firsts = {}
+    # vmap draws what a loop draws (threefry) so that the program does not grow with
+    # depth, and gathered per group in one step (per-layer slices of the keys were
+    # each compiled on their own).
+    firsts, row_of = None, {}
     if ones and vmap_matches_loop(key):
-        split = jax.vmap(lambda k: jax.random.split(k, 1))(layer_keys[np.asarray(ones)])
-        firsts = {n: split[i] for i, n in enumerate(ones)}
+        sources = layer_keys if len(ones) == len(infos) else layer_keys[np.asarray(ones)]
+        firsts = jax.vmap(lambda k: jax.random.split(k, 1))(sources)[:, 0]
+        row_of = {n: i for i, n in enumerate(ones)}
     for n, (info, leaf) in enumerate(zip(infos, leaves, strict=True)):
-        perm, moved, (batch, rows, cols) = _as_matrices(info, leaf)
-        keys = firsts[n] if n in firsts else jax.random.split(layer_keys[n], batch)
-        groups.setdefault((rows, cols), []).append((n, keys))
+        perm, moved, (_, rows, cols) = _as_matrices(info, leaf)
+        groups.setdefault((rows, cols), []).append(n)
         plans.append((perm, moved, leaf.dtype))
     out: list = [None] * len(plans)
     for (rows, cols), members in groups.items():
-        keys = jnp.concatenate([k for _, k in members])
+        if all(n in row_of for n in members):
+            index = np.asarray([row_of[n] for n in members])
+            whole = len(index) == firsts.shape[0] and (index == np.arange(len(index))).all()
+            keys = firsts if whole else firsts[index]
+        else:
+            keys = jnp.concatenate(
+                [
+                    firsts[row_of[n]][None]
+                    if n in row_of
+                    else jax.random.split(layer_keys[n], batches[n])
+                    for n in members
+                ]
+            )
         q = jax.vmap(lambda k, shape=(rows, cols): _orthogonal_matrix(k, shape, 1, jnp.float32))(
             keys
         )
         start = 0
-        for n, layer_keys in members:
+        for n in members:
             perm, moved, dtype = plans[n]
-            count = layer_keys.shape[0]
-            matrices = q[start : start + count]
-            start += count
+            matrices = q[start : start + batches[n]]
+            start += batches[n]
             out[n] = jnp.transpose(matrices.reshape(moved), np.argsort(perm)).astype(dtype)
     return out
 

@@ -403,6 +403,52 @@ def test_zero_variance_layer_is_left_unchanged_and_flagged():
         assert np.isfinite(np.asarray(leaf)).all()
 
 
+def test_layers_without_bias():
+    class NoBias(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Dense(64, use_bias=False)(x))
+            x = nn.relu(nn.Dense(64)(x))
+            return nn.Dense(64, use_bias=False)(x)
+
+    model = NoBias()
+    x = batch((128, 32))
+    variables, report = lsuv(model, None, x, key=KEY)
+    captured = linen_output_vars(model, variables, x)
+    assert len(report) == len(captured) == 3
+    for record in report:
+        measured = variance_over_blob(captured[record.path])
+        assert abs(measured - 1.0) < TOL, record.path
+        assert abs(record.var_after - measured) < 1e-4, record.path
+    nnx_model = nnx.Sequential(
+        nnx.Linear(32, 64, use_bias=False, rngs=nnx.Rngs(0)),
+        nnx.relu,
+        nnx.Linear(64, 64, use_bias=False, rngs=nnx.Rngs(1)),
+    )
+    _, nnx_report = lsuv(nnx_model, None, x, key=KEY)
+    nnx_captured = nnx_output_vars(nnx_model, x)
+    assert len(nnx_captured) == 2
+    for name, y in nnx_captured.items():
+        assert abs(variance_over_blob(y) - 1.0) < TOL, name
+    assert [r.rounds for r in nnx_report] == [1, 1]
+
+
+def test_non_finite_layer_is_left_unchanged_and_flagged():
+    class Huge(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.Dense(16, kernel_init=fi.constant(1e30))(x)  # z^2 overflows float32
+            return nn.Dense(4)(x)
+
+    model = Huge()
+    x = batch((32, 8))
+    variables = model.init(KEY, x)
+    new, report = lsuv(model, variables, x, key=KEY, pre_init=None)
+    assert [r.status.startswith("non-finite") for r in report] == [True, True]
+    assert [r.scale for r in report] == [1.0, 1.0]
+    chex.assert_trees_all_equal(new, variables)
+
+
 def test_not_converged_is_reported():
     model = LinenMLP(depth=3, activation="tanh")
     x = batch((64, 64))
