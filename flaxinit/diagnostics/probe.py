@@ -30,7 +30,8 @@ Other behaviour:
   instance is recorded.
 * A layer called twice (shared weights) gives two sites with the same path.
 * Layers inside ``nn.scan`` / ``nnx.scan`` / ``remat`` bodies are traced separately by those
-  transforms. They cannot be probed this way; unroll them for diagnosis.
+  transforms. They cannot be probed this way: the run raises a ``ValueError`` naming the
+  first such layer. Unroll them for diagnosis.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from flax.core import tracers
 
 LINEN_LINEAR: tuple[type, ...] = (
     nn.Dense,
@@ -184,6 +186,9 @@ class _Recorder:
 
     def __init__(self, perturbations: Sequence[jax.Array] | None):
         self.perturbations = perturbations
+        # The trace the model runs in: a site seen under another one sits inside a
+        # transform of the model (nn.scan, nnx.scan, remat, vmap) and cannot be taken out.
+        self.trace = tracers.current_trace()
         self.sites: list[Site] = []
         self.outputs: list[jax.Array] = []
         self.modules: list[str] = []
@@ -206,6 +211,13 @@ class _Recorder:
             return out
         if not jnp.issubdtype(out.dtype, jnp.floating):
             return out
+        if tracers.current_trace() != self.trace:
+            raise ValueError(
+                f"diagnostics: layer {path!r} runs inside a JAX transform of the model "
+                "(nn.scan, nnx.scan, nn.remat, vmap): its output cannot be recorded from "
+                "outside that transform. Diagnose an unrolled copy of the model (e.g. the "
+                "zoo's scan=False); weight_stats works on stacked parameters as they are"
+            )
         if self.perturbations is not None:
             # A zero added here: its gradient is dLoss/d(output) of this site.
             out = out + self.perturbations[len(self.outputs)]

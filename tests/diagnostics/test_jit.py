@@ -85,3 +85,33 @@ def test_a_shared_layer_is_recorded_per_call(xy):
     assert list(activation_values(model, x, variables=variables)) == ["Dense_0", "Dense_0#2"]
     records = activation_stats(model, x, variables=variables)
     assert [(r.path, r.depth) for r in records] == [("Dense_0", 1), ("Dense_0", 2)]
+
+
+@pytest.mark.parametrize("api", ["linen", "nnx"])
+@pytest.mark.parametrize("labels", [False, True])
+def test_layers_inside_scan_raise_a_clear_error(api, labels):
+    # A scanned stack's layers run in the scan's own trace: their outputs cannot be
+    # taken out by the probe, which must say so rather than leak a tracer.
+    from flax import nnx
+
+    from flaxinit.models import GPT, NNXGPT
+
+    tokens = jnp.zeros((2, 8), jnp.int32)
+    targets = jnp.zeros((2, 8), jnp.int32) if labels else None
+    if api == "linen":
+        model = GPT(vocab_size=32, d_model=16, num_layers=2, scan=True)
+        kwargs = {"variables": model.init(jax.random.key(0), tokens)}
+    else:
+        model = NNXGPT(vocab_size=32, d_model=16, num_layers=2, scan=True, rngs=nnx.Rngs(0))
+        kwargs = {}
+    with pytest.raises(ValueError, match=r"inside a JAX transform.*unrolled"):
+        activation_stats(model, tokens, targets, **kwargs)
+    unrolled = (
+        GPT(vocab_size=32, d_model=16, num_layers=2)
+        if api == "linen"
+        else NNXGPT(vocab_size=32, d_model=16, num_layers=2, rngs=nnx.Rngs(0))
+    )
+    if api == "linen":
+        kwargs = {"variables": unrolled.init(jax.random.key(0), tokens)}
+    records = activation_stats(unrolled, tokens, targets, **kwargs)
+    assert len(records) > 0
