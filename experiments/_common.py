@@ -459,11 +459,17 @@ def classifier_loss(model: nn.Module, x: Any, y: Any, batch_size: int | None = N
 
 
 def evaluate(model: nn.Module, params: Any, x: Any, y: Any, *, batched: bool = False) -> dict:
-    """Cross-entropy and accuracy of a stateless classifier (per member when ``batched``)."""
+    """Cross-entropy and accuracy of a stateless classifier (per member when ``batched``),
+    and ``diverged``: whether any logit is NaN or infinite (the accuracy of such a net is
+    argmax over NaNs, not a result)."""
 
     def one(p):
         logits = model.apply({"params": p}, x)
-        return {"loss": cross_entropy(logits, y), "accuracy": accuracy(logits, y)}
+        return {
+            "loss": cross_entropy(logits, y),
+            "accuracy": accuracy(logits, y),
+            "diverged": ~jnp.all(jnp.isfinite(logits)),
+        }
 
     fn = jax.vmap(one) if batched else one
     return jax.device_get(jax.jit(fn)(params))

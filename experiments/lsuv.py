@@ -76,6 +76,7 @@ def run(config: C.Config) -> C.Result:
         test = C.evaluate(model, out["params"], x_test, y_test, batched=True)
         loss = out["loss"].reshape(len(INITS), config.seeds, -1)
         acc = test["accuracy"].reshape(len(INITS), config.seeds)
+        diverged = np.asarray(test["diverged"]).reshape(len(INITS), config.seeds)
         entry = {"lsuv_rounds_per_layer": lsuv_rounds}
         for i, name in enumerate(INITS):
             curve = C.smooth(loss[i].mean(0), 25)
@@ -86,6 +87,7 @@ def run(config: C.Config) -> C.Result:
                 "steps_to_half_chance": C.steps_to(curve, 0.5 * chance),
                 "test_accuracy": acc[i],
                 "test_accuracy_mean": float(acc[i].mean()),
+                "diverged": diverged[i],
             }
         numbers["activations"][act] = entry
 
@@ -140,10 +142,15 @@ def run(config: C.Config) -> C.Result:
                title=f"{act}, {config['depth']} layers x {config['width']}")  # fmt: skip
         ax.legend(fontsize=8)
     plots = [C.save_figure(fig, config, "loss_curves.png")]
+
+    def shown(a, n):
+        # A net that diverged to NaN has no accuracy to show (argmax over NaNs).
+        if np.all(A[a][n]["diverged"]):
+            return "diverged"
+        return f"{A[a][n]['test_accuracy_mean']:.2f}"
+
     headline = "test acc LSUV/He/orth: " + "; ".join(
-        f"{a} {A[a]['lsuv']['test_accuracy_mean']:.2f}/{A[a]['he']['test_accuracy_mean']:.2f}/"
-        f"{A[a]['orthogonal']['test_accuracy_mean']:.2f}"
-        for a in acts
+        f"{a} {shown(a, 'lsuv')}/{shown(a, 'he')}/{shown(a, 'orthogonal')}" for a in acts
     )
     return C.result(
         config,

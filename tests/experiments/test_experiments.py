@@ -107,3 +107,20 @@ def test_data_is_deterministic_and_local():
     tokens, targets = _common.copy_task(_common.jax.random.key(0), 3, 6, copy_len=4)
     assert tokens.shape == targets.shape == (3, 14)
     np.testing.assert_array_equal(np.asarray(targets[:, -4:]), np.asarray(tokens[:, :4]))
+
+
+def test_evaluate_flags_a_diverged_net():
+    # A NaN net's accuracy is argmax over NaNs (class 0's share), not a result.
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    model = nn.Dense(3)
+    x = jnp.ones((6, 4))
+    y = jnp.asarray([0, 0, 1, 1, 2, 2])
+    params = model.init(jax.random.key(0), x)["params"]
+    broken = jax.tree.map(lambda p: jnp.full_like(p, jnp.nan), params)
+    stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), params, broken)
+    out = _common.evaluate(model, stacked, x, y, batched=True)
+    assert out["diverged"].tolist() == [False, True]
+    assert _common.evaluate(model, params, x, y)["diverged"] == np.False_
