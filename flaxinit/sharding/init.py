@@ -146,10 +146,10 @@ def plan_init(
         specs=specs,
         shardings=shardings,
         mesh=mesh,
-        fn=fn,
-        args=(key, rules_key, *args),
-        context=enter,
-        finish=lambda out: out,
+        _fn=fn,
+        _args=(key, rules_key, *args),
+        _context=enter,
+        _finish=lambda out: out,
     )
 
 
@@ -287,10 +287,10 @@ def plan_nnx_init(
         specs=specs,
         shardings=shardings,
         mesh=mesh,
-        fn=fn,
-        args=(key,),
-        context=enter,
-        finish=lambda state: nnx.merge(graphdef, state),
+        _fn=fn,
+        _args=(key,),
+        _context=enter,
+        _finish=lambda state: nnx.merge(graphdef, state),
     )
 
 

@@ -96,15 +96,16 @@ class ShardedInit:
     specs: Any
     shardings: Any
     mesh: Mesh
-    fn: Callable[..., Any] = dataclasses.field(repr=False)
-    args: tuple[Any, ...] = dataclasses.field(repr=False)
-    context: Callable[[], contextlib.AbstractContextManager[Any]] = dataclasses.field(repr=False)
-    finish: Callable[[Any], Any] = dataclasses.field(repr=False)
+    # The program and how to call it: internal (built by plan_init / plan_nnx_init).
+    _fn: Callable[..., Any] = dataclasses.field(repr=False)
+    _args: tuple[Any, ...] = dataclasses.field(repr=False)
+    _context: Callable[[], contextlib.AbstractContextManager[Any]] = dataclasses.field(repr=False)
+    _finish: Callable[[Any], Any] = dataclasses.field(repr=False)
 
     def lower(self) -> jax.stages.Lowered:
         """The lowered program (traced under the plan's mesh and axis rules)."""
-        with self.context():
-            return self.fn.lower(*self.args)
+        with self._context():
+            return self._fn.lower(*self._args)
 
     def compile(self) -> jax.stages.Compiled:
         """The compiled program."""
@@ -116,6 +117,6 @@ class ShardedInit:
 
     def __call__(self) -> Any:
         """Runs the program: the initialized, sharded variables (or NNX module)."""
-        with self.context():
-            out = self.fn(*self.args)
-        return self.finish(out)
+        with self._context():
+            out = self._fn(*self._args)
+        return self._finish(out)
