@@ -27,7 +27,7 @@ from jax.sharding import PartitionSpec as P
 from flaxinit.rules.engine import apply_rules, make_plan, raise_unmatched
 from flaxinit.rules.paths import flatten_tree
 from flaxinit.sharding.program import ShardedInit, auto_mesh
-from flaxinit.sharding.specs import outer_tree, resolve_specs
+from flaxinit.sharding.specs import outer_tree, resolve_specs, rule_specs
 
 __all__ = ["init_sharded", "nnx_init_sharded", "plan_init", "plan_nnx_init"]
 
@@ -270,6 +270,10 @@ def plan_nnx_init(
             )
         graphdef, abstract = nnx.split(abstract_model)
     _check_rules(abstract, rules, context, strict)
+    placed = None  # the specs that path rules chose, written into the Variables' metadata
+    if partition_rules is not None:
+        flat = flatten_tree(abstract)
+        placed = outer_tree(flat, rule_specs(flat, partition_rules, strict=False))
     specs, shardings, inner, abstract = _layout(
         abstract, mesh, partition_rules, logical_axis_rules, strict
     )
@@ -290,8 +294,23 @@ def plan_nnx_init(
         _fn=fn,
         _args=(key,),
         _context=enter,
-        _finish=lambda state: nnx.merge(graphdef, state),
+        _finish=lambda state: _annotated(nnx.merge(graphdef, state), placed),
     )
+
+
+def _annotated(model: nnx.Module, placed: Any) -> nnx.Module:
+    """``model`` with each Variable that a path rule placed given that spec as its
+    ``out_sharding`` metadata (replacing logical names the rule overrode), so that
+    ``nnx.get_partition_spec`` and ``nnx.get_named_sharding`` report the layout the
+    arrays have."""
+    if placed is None:
+        return model
+    wanted = dict(nnx.to_flat_state(placed))
+    for path, variable in nnx.to_flat_state(nnx.state(model)):
+        spec = wanted.get(path)
+        if spec is not None:
+            variable.set_metadata(out_sharding=spec)
+    return model
 
 
 def nnx_init_sharded(

@@ -113,6 +113,14 @@ def test_bitwise_equal_and_laid_out(mesh_shape, framework, with_rules):
         model = plan()
         assert isinstance(model, gm.NnxGPT)
         tree = nnx.state(model)
+        if not annotate:  # path-rule layouts are written into the Variables' metadata
+            reported = {
+                "/".join(map(str, path)): variable.get_value()
+                for path, variable in nnx.to_flat_state(nnx.get_partition_spec(tree))
+            }
+            assert sorted(reported) == sorted(dict(tree_paths(tree)))
+            for path, spec in reported.items():
+                assert spec == expected_spec(path, mesh), path
     check(tree, framework, with_rules, mesh)
     leaf = jax.tree.leaves(plan.abstract)[0]
     assert isinstance(leaf, jax.ShapeDtypeStruct)
@@ -172,3 +180,20 @@ def test_per_device_memory_is_an_eighth(framework, axis_type, with_rules):
     ratio = sharded.total / full.total
     assert ratio <= RATIO_MAX, (str(sharded), str(full))
     assert sharded.output * 8 <= full.output * 1.1  # the replicated leaves, about 3%
+
+
+def test_path_rule_overriding_nnx_metadata_rewrites_it():
+    # A path rule wins over a Variable's logical out_sharding; the metadata must then
+    # say what the array's layout is, and untouched Variables keep their logical names.
+    mesh = make_mesh((2, 4), AxisType.Explicit)
+    override = P("model", "data")
+    model = fi.nnx_init_sharded(
+        lambda: gm.NnxGPT(CFG, annotate=True, rngs=nnx.Rngs(0)),
+        mesh=mesh,
+        logical_axis_rules=gm.logical_rules(mesh),
+        partition_rules=[("lm_head/kernel", override)],
+    )
+    assert model.lm_head.kernel.sharding.spec == override
+    assert model.lm_head.kernel.get_metadata()["out_sharding"] == override
+    fc = model.h[0].mlp.c_fc.kernel
+    assert tuple(fc.get_metadata()["out_sharding"]) == gm.NAMES["c_fc"]
