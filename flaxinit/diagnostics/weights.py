@@ -14,6 +14,7 @@ from flax import nnx
 
 from flaxinit.diagnostics import probe, records
 from flaxinit.diagnostics.activations import l2_norm
+from flaxinit.rules.patterns import compile_pattern
 
 DEFAULT_DUPLICATE_TOL = 1e-6
 
@@ -137,20 +138,43 @@ def is_weight(path: str, leaf: Any) -> bool:
 
 
 def weight_records(
-    params: Any, duplicate_tol: float, modules: Sequence[str] = ()
+    params: Any, duplicate_tol: float, modules: Sequence[str] = (), stacked: Sequence[str] = ()
 ) -> records.Packed:
     """The records of every weight (see :func:`is_weight`), packed; call inside a trace.
 
     Leaves are ordered by their module's position in ``modules`` (first-call order),
-    then by path, with numbers compared as numbers. Matrices of one shape are stacked
-    and share one SVD loop and one batched sort: a deep stack of equal layers compiles
-    a few ops instead of a few per layer.
+    then by path, with numbers compared as numbers. A weight whose path matches one of
+    the ``stacked`` patterns (the rules' glob language) holds a stack of layers on its
+    leading axis: each layer gets its own record, ``path[i]``. Matrices of one shape are
+    stacked and share one SVD loop and one batched sort: a deep stack of equal layers
+    compiles a few ops instead of a few per layer.
     """
+    patterns = [compile_pattern(pattern) for pattern in stacked]
+    used = [False] * len(patterns)
     leaves = []
     for kp, p in jax.tree_util.tree_flatten_with_path(params)[0]:
         path = probe.path_str(kp)
-        if is_weight(path, p):
+        if not is_weight(path, p):
+            continue
+        hit = [n for n, pattern in enumerate(patterns) if pattern.matches(path)]
+        if not hit:
             leaves.append((path, p))
+            continue
+        for n in hit:
+            used[n] = True
+        if p.ndim < 3:
+            raise ValueError(
+                f"weight_stats: {path!r} matches stacked={stacked[hit[0]]!r} but has shape "
+                f"{tuple(p.shape)}: a stack of weight matrices has 3 or more axes, the layer "
+                "axis first"
+            )
+        leaves += [(f"{path}[{i}]", p[i]) for i in range(p.shape[0])]
+    unused = [stacked[n] for n, u in enumerate(used) if not u]
+    if unused:
+        raise ValueError(
+            f"weight_stats: stacked pattern(s) {unused} matched no weight; weights: "
+            f"{[path for path, _ in leaves][:10]}"
+        )
     leaves.sort(key=lambda t: (probe.module_rank(t[0], modules), probe.natural_key(t[0])))
     views = [p.reshape(-1, p.shape[-1]).astype(jnp.float32) for _, p in leaves]
     groups: dict[tuple[int, ...], list[int]] = {}
@@ -184,13 +208,16 @@ def weight_records(
     return records.Packed(WeightRecord, statics, present, values)
 
 
-@jax.jit(static_argnums=1)
-def _weight_pass(params, duplicate_tol):
-    return weight_records(params, duplicate_tol)
+@jax.jit(static_argnums=(1, 2))
+def _weight_pass(params, duplicate_tol, stacked):
+    return weight_records(params, duplicate_tol, stacked=stacked)
 
 
 def weight_stats(
-    tree: Any, *, duplicate_tol: float = DEFAULT_DUPLICATE_TOL
+    tree: Any,
+    *,
+    duplicate_tol: float = DEFAULT_DUPLICATE_TOL,
+    stacked: str | Sequence[str] | None = None,
 ) -> tuple[WeightRecord, ...]:
     """Per weight matrix: mean, std, ``std * sqrt(fan_in)``, singular values, rank, duplicates.
 
@@ -204,6 +231,11 @@ def weight_stats(
         module (its ``nnx.Param`` state), an ``nnx.State``, or any pytree of arrays.
       duplicate_tol: rows or columns within ``duplicate_tol * max|W|`` of each other
         (max-norm) count as duplicates.
+      stacked: glob pattern(s) (the rules' language) of weights that hold a stack of
+        layers on their leading axis (``nn.scan`` / ``nnx.vmap`` stacks, e.g.
+        ``"**/blocks/**"``): each layer gets its own record, ``path[i]``, instead of one
+        record for the stack folded into a single matrix. A pattern that matches no
+        weight, or matches one with fewer than 3 axes, raises ``ValueError``.
 
     Returns:
       A tuple of :class:`WeightRecord`, ordered by path with numbers compared as numbers.
@@ -218,5 +250,17 @@ def weight_stats(
         tree = nnx.state(tree, nnx.Param)
     elif isinstance(tree, dict) and "params" in tree:
         tree = tree["params"]
+    if stacked is None:
+        stacked = ()
+    elif isinstance(stacked, str):
+        stacked = (stacked,)
+    else:
+        stacked = tuple(stacked)
+    for pattern in stacked:
+        if not isinstance(pattern, str):
+            raise TypeError(
+                f"weight_stats: stacked patterns must be strings, got {type(pattern).__name__}"
+            )
+        compile_pattern(pattern)  # a malformed pattern fails here, not inside the trace
     with probe.blas_single_threaded():
-        return records.unpack(_weight_pass(tree, float(duplicate_tol)))
+        return records.unpack(_weight_pass(tree, float(duplicate_tol), stacked))

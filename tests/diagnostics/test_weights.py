@@ -75,3 +75,38 @@ def test_zero_and_orthogonal_extremes():
     ortho = _one(q)
     assert ortho.rank == 6
     assert ortho.sv_ratio == pytest.approx(1.0, abs=1e-5)
+
+
+def test_stacked_weights_get_a_record_per_layer():
+    # Layer 1 of the stack is rank 1 with duplicated columns; folded into one matrix
+    # with the other layers, neither would show.
+    rng = np.random.default_rng(0)
+    stack = rng.standard_normal((3, 8, 6)).astype(np.float32)
+    stack[1] = np.outer(rng.standard_normal(8), np.ones(6))
+    tree = {"blocks": {"fc": {"kernel": jnp.asarray(stack)}}, "head": {"kernel": jnp.ones((6, 2))}}
+    records = weight_stats(tree, stacked="**/blocks/**")
+    assert [r.path for r in records] == [
+        "blocks/fc/kernel[0]",
+        "blocks/fc/kernel[1]",
+        "blocks/fc/kernel[2]",
+        "head/kernel",
+    ]
+    for i, record in enumerate(records[:3]):
+        alone = _one(stack[i])
+        assert record.shape == (8, 6)
+        assert (record.rank, record.duplicate_cols) == (alone.rank, alone.duplicate_cols)
+        assert record.sv_max == pytest.approx(alone.sv_max, rel=1e-6)
+        assert record.std == pytest.approx(float(stack[i].std()), rel=1e-5)
+    assert (records[1].rank, records[1].duplicate_cols) == (1, 5)
+    (folded,) = [r for r in weight_stats(tree) if r.path == "blocks/fc/kernel"]
+    assert (folded.rank, folded.duplicate_cols) == (6, 0)
+
+
+def test_stacked_patterns_must_place_a_stack():
+    tree = {"blocks": {"kernel": jnp.ones((2, 4, 4))}, "head": {"kernel": jnp.ones((4, 2))}}
+    with pytest.raises(ValueError, match="matched no weight"):
+        weight_stats(tree, stacked="**/encoder/**")
+    with pytest.raises(ValueError, match="3 or more axes"):
+        weight_stats(tree, stacked="**/head/*")
+    with pytest.raises(TypeError, match="strings"):
+        weight_stats(tree, stacked=[3])
