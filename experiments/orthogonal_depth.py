@@ -144,6 +144,11 @@ def run(config: C.Config) -> C.Result:
         xscale="log", xlabel="hidden layers", ylabel=f"steps to loss {config['target']}",
         title="learning time vs depth",
     )  # fmt: skip
+    # The depths themselves as ticks: log-scale minor labels overlapped.
+    from matplotlib.ticker import NullFormatter
+
+    axes[0, 0].set_xticks(depths, [str(d) for d in depths])
+    axes[0, 0].xaxis.set_minor_formatter(NullFormatter())
     axes[0, 1].axhline(config["target"], color="gray", ls=":")
     axes[0, 1].set(yscale="log", xlabel="step", ylabel="training loss", title="loss curves")
     axes[0, 2].set(
