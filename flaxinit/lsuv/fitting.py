@@ -229,9 +229,12 @@ def closed_form(sums, size: int, target: float, tol: float) -> dict[str, jax.Arr
     With the blob's centred moments ``a = Var(z)``, ``m = Cov(z, b)``,
     ``v = Var(b)``, the positive root of ``a c^2 + 2 m c + v = target`` is
     ``(sqrt(m^2 - a (v - target)) - m) / a``. The layer is rescaled only when it
-    is off target by ``tol`` or more, ``a`` is above float32's
-    smallest normal, and the root's numerator is positive and finite (a negative
-    discriminant gives NaN, which fails the test); otherwise ``scale`` is exactly 1.
+    is off target by ``tol`` or more, ``a`` is above float32's smallest normal, and
+    the root's numerator is positive and finite (a negative discriminant gives NaN,
+    which fails the test); otherwise ``scale`` is exactly 1. The report recomputes
+    these moments on the host in float64 (:func:`fits_from_sown`), reading the
+    decision from the scale rather than repeating it: XLA contracts multiply-adds
+    into FMAs, so a host copy of this test could disagree at the ``tol`` boundary.
 
     Few operations and no nested calls: this is compiled once per layer.
     """
