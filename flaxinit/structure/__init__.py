@@ -45,9 +45,7 @@ ROLE_GROUPS: dict[str, tuple[str, ...]] = {
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
-    return "\n".join(
-        [line(headers), "  ".join("-" * w for w in widths), *(line(r) for r in rows)]
-    )
+    return "\n".join([line(headers), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
 
 
 class ModelStructure(collections.abc.Mapping):
@@ -67,11 +65,11 @@ class ModelStructure(collections.abc.Mapping):
     def __init__(self, leaves: Sequence[LeafStructure], api: str) -> None:
         self._leaves = {leaf.path: leaf for leaf in leaves}
         self.api = api
-        stacks = [
-            leaf.shape[leaf.layer_axis] for leaf in leaves if leaf.layer_axis is not None
-        ]
+        stacks = [leaf.shape[leaf.layer_axis] for leaf in leaves if leaf.layer_axis is not None]
         layers = {leaf.layer for leaf in leaves if leaf.layer is not None}
-        self.num_layers: int | None = max(stacks) if stacks else (max(layers) + 1 if layers else None)
+        self.num_layers: int | None = (
+            max(stacks) if stacks else (max(layers) + 1 if layers else None)
+        )
 
     def __getitem__(self, path: str) -> LeafStructure:
         try:
@@ -215,9 +213,7 @@ def _trace(fn: Any, leaves: Sequence[Any], args: Sequence[Any], what: str) -> An
     return closed, len(arrays)
 
 
-def model_structure(
-    model: Any, *args: Any, variables: Any = None, **kwargs: Any
-) -> ModelStructure:
+def model_structure(model: Any, *args: Any, variables: Any = None, **kwargs: Any) -> ModelStructure:
     """Reads every parameter's role and fan axes from the model's own computation.
 
     Traces the model's forward pass once, abstractly (``jax.make_jaxpr`` on shapes:

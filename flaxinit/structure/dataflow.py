@@ -534,7 +534,9 @@ class _Pass:
                 if eqn.primitive.name == "sub" and other.act and x is b:
                     kind = "statistic"  # x - mean
                 self._param_use(kind, eqn, view, other)
-        params = frozenset(v.leaf for i in ins for v in i.views if i is a or eqn.primitive.name != "sub")
+        # A subtracted parameter is a mean, not a branch's output.
+        keep = [a] if eqn.primitive.name == "sub" else ins
+        params = frozenset(v.leaf for i in keep for v in i.views)
         acts = [i for i in ins if i.act]
         if len(acts) == 2 and _shape(eqn.invars[0]) == _shape(eqn.invars[1]):
             residual = self.residual_add(a, b)
@@ -560,7 +562,7 @@ class _Pass:
             # Two linear layers' outputs summed (an LSTM gate's ``x W + h U``): one
             # linear map of two inputs, not a skip connection.
             return None
-        branch, skip = (a, b) if a.depth > b.depth else (b, a)
+        branch = a if a.depth > b.depth else b
         if not branch.reach:
             return None
         for leaf in branch.reach:
@@ -682,9 +684,7 @@ class _Pass:
                         out_axes[batch_pos[k]] = view.axes[a]
                     for a in pfree:
                         out_axes[pos[a]] = view.axes[a]
-            return self._linear_out(
-                leaves, x, out_axes, leaves[0], len(_shape(eqn.outvars[0]))
-            )
+            return self._linear_out(leaves, x, out_axes, leaves[0], len(_shape(eqn.outvars[0])))
         if lparam or rparam:
             for info in ins:
                 for view in info.views:
