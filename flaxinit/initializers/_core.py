@@ -25,23 +25,32 @@ AxisSpec = int | Sequence[int]
 
 @runtime_checkable
 class Initializer(Protocol):
-    """``(key, shape, dtype=float32, out_sharding=None) -> jax.Array``.
+    """``(key, shape, dtype=None, out_sharding=None) -> jax.Array``.
 
     The protocol of ``jax.nn.initializers``: ``key`` is a typed key
     (``jax.random.key``) or a legacy ``uint32[2]`` key (``jax.random.PRNGKey``).
+    ``dtype=None`` means the initializer's default: its factory's ``dtype=`` if one
+    was given, else :func:`default_dtype` (float32, float64 under
+    ``jax_enable_x64``), read at call time, as ``jax.nn.initializers`` does.
     """
 
     def __call__(
         self,
         key: jax.Array,
         shape: Shape,
-        dtype: DTypeLike = jnp.float32,
+        dtype: DTypeLike = None,
         out_sharding: OutSharding = None,
     ) -> jax.Array: ...
 
 
 def default_dtype() -> np.dtype:
-    """float32, or float64 under ``jax_enable_x64`` (as ``jax.nn.initializers``)."""
+    """float32, or float64 under ``jax_enable_x64``: jax's default float, which
+    ``jax.nn.initializers`` use for ``dtype=None`` (``dtypes.default_float_dtype()``).
+
+    Every initializer and combinator in the catalogue resolves a missing dtype
+    with this, when it is called (not when it is built), so one initializer gives
+    float64 inside ``jax.enable_x64(True)`` and float32 outside.
+    """
     return np.dtype(jnp.zeros((), dtype=float).dtype)
 
 
@@ -204,19 +213,117 @@ def _short(value: Any) -> str:
     return repr(value)
 
 
-def named_factory(factory: Callable[..., Initializer]) -> Callable[..., Initializer]:
-    """Names the initializers a factory builds after the call, e.g. ``he_normal()``.
+def is_prng_key(x: Any, *, legacy: bool = True) -> bool:
+    """Whether ``x`` is a PRNG key: a typed key array (any shape), or with ``legacy``
+    a raw ``uint32`` array of shape ``(2,)`` (threefry ``PRNGKey``) or ``(4,)`` (rbg)."""
+    dtype = getattr(x, "dtype", None)
+    shape = getattr(x, "shape", None)
+    if dtype is None or shape is None:
+        return False
+    try:
+        if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+            return True
+    except TypeError:
+        return False
+    return legacy and np.dtype(dtype) == np.uint32 and tuple(shape) in ((2,), (4,))
 
-    The name is what reports (``explain_rules``, LSUV, diagnostics) print.
+
+def _is_rule_context(x: Any) -> bool:
+    # Duck-typed: flaxinit.rules imports this package, not the other way round.
+    cls = type(x)
+    return cls.__name__ == "RuleContext" and cls.__module__.startswith("flaxinit.rules")
+
+
+def _misused_as_initializer(args: tuple[Any, ...], value_first: bool) -> bool:
+    """Whether a factory was called the way an initializer is: by Flax as
+    ``init(key, shape, dtype)`` or by the rules engine as ``fn(key, leaf, ctx)``."""
+    if not args:
+        return False
+    if len(args) >= 3 and _is_rule_context(args[2]):
+        return True  # the rules engine, with or without a key
+    # A lone uint32 pair may be a constant's fill value; with more positional
+    # arguments after it (Flax passes shape and dtype) it is a key.
+    return is_prng_key(args[0], legacy=not value_first or len(args) >= 2)
+
+
+def _uncalled_factory_error(name: str, required: bool, args: tuple[Any, ...]) -> TypeError:
+    call = f"fi.{name}(...)" if required else f"fi.{name}()"
+    first = args[0]
+    if is_prng_key(first):
+        try:
+            what = f"a PRNG key ({jax.typeof(first)})"
+        except TypeError:
+            what = "a PRNG key"
+    else:
+        what = "the rules engine's (key, leaf, ctx)"
+    return TypeError(
+        f"{name} was called with {what} as if it were an initializer, but {name} is a "
+        f"factory that builds one: did you mean {call}? Call it first: "
+        f'kernel_init={call} in a Flax module, ("kernel", {call}) in rules'
+    )
+
+
+def named_factory(
+    factory: Callable[..., Initializer] | None = None,
+    /,
+    *,
+    value_first: bool = False,
+    positional_hint: str | None = None,
+) -> Any:
+    """Names the initializers a factory builds after the call, e.g. ``he_normal()``,
+    and rejects calls that are mistakes.
+
+    The name is what reports (``explain_rules``, LSUV, diagnostics) print. Before the
+    factory runs, the decorator raises ``TypeError``:
+
+    * when the factory is called the way an initializer is, with a PRNG key first
+      (``kernel_init=fi.he_normal`` without the parentheses: Flax then calls
+      ``he_normal(key, shape, dtype)``) or by the rules engine (``("kernel",
+      fi.he_normal)``: ``he_normal(key, leaf, ctx)``), naming the factory and the
+      fix instead of blaming the argument the key lands in. With ``value_first``
+      (``constant``) a lone legacy ``uint32[2]`` key is taken for a fill value;
+    * for more positional arguments than the factory takes, naming what it takes
+      (``positional_hint`` adds why, for keyword-only factories).
     """
+    if factory is None:
+        return functools.partial(
+            named_factory, value_first=value_first, positional_hint=positional_hint
+        )
     signature = inspect.signature(factory)
+    name = factory.__name__
+    positional = [
+        p
+        for p in signature.parameters.values()
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    keywords = [p.name for p in signature.parameters.values() if p not in positional]
+    required = any(p.default is inspect.Parameter.empty for p in positional)
 
     @functools.wraps(factory)
     def build(*args, **kwargs):
+        if _misused_as_initializer(args, value_first):
+            raise _uncalled_factory_error(name, required, args)
+        if len(args) > len(positional):
+            if positional:
+                names = ", ".join(p.name for p in positional)
+                text = (
+                    f"{name}() takes {len(positional)} positional argument"
+                    f"{'s' if len(positional) != 1 else ''} ({names}) but {len(args)} were "
+                    f"given; pass the others by keyword ({', '.join(keywords)})"
+                )
+            else:
+                text = (
+                    f"{name}() takes keyword arguments only "
+                    f"({', '.join(k + '=' for k in keywords)}), got {len(args)} positional: "
+                    f"{name}({', '.join(_short(a) for a in args)})"
+                )
+            if positional_hint:
+                text += f". {positional_hint}"
+            raise TypeError(text)
         init = factory(*args, **kwargs)
         bound = signature.bind(*args, **kwargs)
         text = ", ".join(f"{k}={_short(v)}" for k, v in bound.arguments.items())
-        init.__name__ = init.__qualname__ = f"{factory.__name__}({text})"
+        init.__name__ = init.__qualname__ = f"{name}({text})"
         return init
 
     return build

@@ -44,10 +44,13 @@ def _constant_dtype(dtype: DTypeLike, name: str) -> np.dtype:
 def zeros(
     key: jax.Array,
     shape: Shape,
-    dtype: DTypeLike = jnp.float32,
+    dtype: DTypeLike = None,
     out_sharding: OutSharding = None,
 ) -> jax.Array:
     """An array of zeros; the key is ignored. Same as ``jax.nn.initializers.zeros``.
+
+    An initializer itself, not a factory: ``bias_init=fi.zeros``. With no ``dtype``,
+    float32 (float64 under ``jax_enable_x64``), as every initializer here.
 
     Example:
       >>> zeros(jax.random.key(0), (2, 3))
@@ -62,10 +65,12 @@ def zeros(
 def ones(
     key: jax.Array,
     shape: Shape,
-    dtype: DTypeLike = jnp.float32,
+    dtype: DTypeLike = None,
     out_sharding: OutSharding = None,
 ) -> jax.Array:
     """An array of ones; the key is ignored. Same as ``jax.nn.initializers.ones``.
+
+    An initializer itself, not a factory: ``scale_init=fi.ones``.
 
     Example:
       >>> ones(jax.random.key(0), (2,))
@@ -76,7 +81,7 @@ def ones(
     return jnp.ones(shape, _constant_dtype(dtype, "ones"), out_sharding=out_sharding)
 
 
-@named_factory
+@named_factory(value_first=True)
 def constant(value, dtype: DTypeLike = None) -> Initializer:
     """An initializer that fills with ``value`` (a scalar, or an array that broadcasts).
 

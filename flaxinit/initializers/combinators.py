@@ -1,4 +1,9 @@
-"""Combinators: build an initializer from another one."""
+"""Combinators: build an initializer from another one.
+
+With no dtype given, a combinator passes none on: the wrapped initializer's own
+default applies (its factory's ``dtype=``, else jax's default float), so
+``scaled(he_normal(), 0.5)`` has ``he_normal()``'s dtype in every configuration.
+"""
 
 from __future__ import annotations
 
@@ -35,8 +40,8 @@ def scaled(init: Initializer, factor: float) -> Initializer:
     _check_initializer(init, "scaled")
     factor = check_number(factor, "scaled", "factor")
 
-    def apply(key, shape, dtype=jnp.float32, out_sharding=None):
-        x = init(key, shape, dtype, out_sharding)
+    def apply(key, shape, dtype=None, out_sharding=None):
+        x = call(init, key, shape, dtype, out_sharding)
         return x * jnp.array(factor, x.dtype)
 
     return apply
@@ -61,7 +66,7 @@ def stacked(init: Initializer, axis: int = 0) -> Initializer:
     _check_initializer(init, "stacked")
     _check_int(axis, "stacked", "axis")
 
-    def apply(key, shape, dtype=jnp.float32, out_sharding=None):
+    def apply(key, shape, dtype=None, out_sharding=None):
         shape = check_shape(shape, "stacked")
         if not shape:
             raise ValueError("stacked: needs a shape with at least 1 dimension")
@@ -70,7 +75,7 @@ def stacked(init: Initializer, axis: int = 0) -> Initializer:
 
         def compute():
             keys = jax.random.split(key, shape[ax])
-            slices = jax.vmap(lambda k: init(k, slice_shape, dtype))(keys)
+            slices = jax.vmap(lambda k: call(init, k, slice_shape, dtype))(keys)
             return jnp.moveaxis(slices, 0, ax)
 
         return with_out_sharding(compute, out_sharding)
@@ -104,7 +109,7 @@ def blockwise(init: Initializer, num_blocks: int, axis: int = -1) -> Initializer
         raise ValueError(f"blockwise: num_blocks must be >= 1, got num_blocks={num_blocks}")
     _check_int(axis, "blockwise", "axis")
 
-    def apply(key, shape, dtype=jnp.float32, out_sharding=None):
+    def apply(key, shape, dtype=None, out_sharding=None):
         shape = check_shape(shape, "blockwise")
         if not shape:
             raise ValueError("blockwise: needs a shape with at least 1 dimension")
@@ -118,14 +123,25 @@ def blockwise(init: Initializer, num_blocks: int, axis: int = -1) -> Initializer
 
         def compute():
             keys = jax.random.split(key, num_blocks)
-            blocks = jax.vmap(lambda k: init(k, block_shape, dtype))(keys)
+            blocks = jax.vmap(lambda k: call(init, k, block_shape, dtype))(keys)
             return jnp.moveaxis(blocks, 0, ax).reshape(shape)
 
         if math.prod(shape) == 0:
-            return init(key, shape, dtype, out_sharding)
+            return call(init, key, shape, dtype, out_sharding)
         return with_out_sharding(compute, out_sharding)
 
     return apply
+
+
+def call(init, key, shape, dtype=None, out_sharding=None):
+    """``init(key, shape, dtype, out_sharding)``, leaving out what the caller left out, so
+    that ``init`` applies its own default dtype (its factory's ``dtype=``, else float32,
+    or float64 under ``jax_enable_x64``) and works without an ``out_sharding`` parameter
+    (Flax's and Optax's initializers, user functions)."""
+    args = (key, shape) if dtype is None else (key, shape, dtype)
+    if out_sharding is None:
+        return init(*args)
+    return init(*args, out_sharding=out_sharding)
 
 
 def _check_initializer(init, name):

@@ -61,8 +61,9 @@ def _orthogonal_matrix(key, shape, column_axis, dtype):
 def orthogonal(
     scale: float = 1.0,
     column_axis: int = -1,
-    batch_axis: AxisSpec = (),
     dtype: DTypeLike = None,
+    *,
+    batch_axis: AxisSpec = (),
 ) -> Initializer:
     """A Haar-distributed (semi-)orthogonal matrix times ``scale``.
 
@@ -87,11 +88,14 @@ def orthogonal(
     values equal ``jax.nn.initializers.orthogonal``'s. Saxe et al. 2013
     (arXiv:1312.6120).
 
+    The positional arguments are jax's, ``(scale, column_axis, dtype)``;
+    ``batch_axis`` is keyword-only.
+
     Args:
       scale: the multiplier, >= 0 (use a gain, e.g. ``calculate_gain("relu")``).
       column_axis: the axis whose entries are the matrix's columns.
-      batch_axis: axes of independent matrices.
       dtype: the default dtype when the caller passes none.
+      batch_axis: axes of independent matrices (keyword-only).
 
     Example:
       >>> w = orthogonal()(jax.random.key(0), (256, 256))

@@ -8,7 +8,9 @@ Two naming conventions live here side by side:
 * PyTorch's names (``xavier_*``, ``kaiming_*``) take ``torch.nn.init``'s arguments
   (``gain``, ``a``, ``mode``, ``nonlinearity``) and draw its distributions: their
   ``*_normal`` is a plain, untruncated normal. Fans follow Flax's ``(..., in, out)``
-  layout, not PyTorch's ``(out, in, ...)``.
+  layout, not PyTorch's ``(out, in, ...)``. jax has these names too, as aliases of
+  ``glorot_*``/``he_*`` taking ``in_axis`` first, so ours take keyword arguments
+  only: a jax-style positional call raises instead of silently meaning ``gain``.
 """
 
 from __future__ import annotations
@@ -251,10 +253,39 @@ def he_normal(
     return variance_scaling(2.0, "fan_in", "truncated_normal", in_axis, out_axis, batch_axis, dtype)
 
 
-@named_factory
+# jax.nn.initializers.xavier_* and kaiming_* are glorot_*/he_* and take
+# (in_axis, out_axis, batch_axis, dtype) positionally; ours follow torch.nn.init, so a
+# positional argument would silently mean something else (xavier_uniform(0) would be
+# gain=0, all zeros). They take keywords only, and say why when given positionals.
+def _torch_hint(name: str, twin: str, torch_args: str) -> str:
+    return (
+        f"jax.nn.initializers.{name} is {twin} and takes (in_axis, out_axis, batch_axis, "
+        f"dtype) positionally, while fi.{name} follows torch.nn.init ({torch_args}), so a "
+        f"positional argument would mean something else; write fi.{name}(in_axis=...) for "
+        f"jax's meaning (fi.{twin} takes jax's arguments positionally), or "
+        f"fi.{name}({torch_args.split(', ')[0]}=...)"
+    )
+
+
+def _check_gain(gain: float, allow_zero: bool, name: str) -> float:
+    """``gain`` checked: finite, >= 0, and not 0 unless ``allow_zero``."""
+    gain = check_number(gain, name, "gain", minimum=0.0)
+    if not isinstance(allow_zero, bool):
+        raise TypeError(f"{name}: allow_zero must be a bool, got allow_zero={allow_zero!r}")
+    if gain == 0.0 and not allow_zero:
+        raise ValueError(
+            f"{name}: gain=0 makes every weight 0 (no signal forward, no gradient to the "
+            "layer's input); if that is what you want, say so with allow_zero=True "
+            f"({name}(gain=0.0, allow_zero=True)), or use fi.zeros"
+        )
+    return abs(gain)
+
+
+@named_factory(positional_hint=_torch_hint("xavier_uniform", "glorot_uniform", "gain"))
 def xavier_uniform(
-    gain: float = 1.0,
     *,
+    gain: float = 1.0,
+    allow_zero: bool = False,
     in_axis: AxisSpec = -2,
     out_axis: AxisSpec = -1,
     batch_axis: AxisSpec = (),
@@ -265,17 +296,24 @@ def xavier_uniform(
     Fans in Flax layout. With ``gain=1`` this equals :func:`glorot_uniform`.
     Glorot & Bengio 2010.
 
+    Keyword arguments only: jax's ``xavier_uniform`` is ``glorot_uniform``, whose
+    first positional argument is ``in_axis``, so ``xavier_uniform(0)`` raises rather
+    than mean ``gain=0``. ``gain=0`` (every weight 0) raises ``ValueError`` unless
+    ``allow_zero=True``; ``in_axis``/``out_axis``/``batch_axis``/``dtype`` are as in
+    :func:`variance_scaling`.
+
     Example:
       >>> w = xavier_uniform(gain=calculate_gain("tanh"))(jax.random.key(0), (256, 256))
     """
-    gain = check_number(gain, "xavier_uniform", "gain", minimum=0.0)
+    gain = _check_gain(gain, allow_zero, "xavier_uniform")
     return variance_scaling(gain**2, "fan_avg", "uniform", in_axis, out_axis, batch_axis, dtype)
 
 
-@named_factory
+@named_factory(positional_hint=_torch_hint("xavier_normal", "glorot_normal", "gain"))
 def xavier_normal(
-    gain: float = 1.0,
     *,
+    gain: float = 1.0,
+    allow_zero: bool = False,
     in_axis: AxisSpec = -2,
     out_axis: AxisSpec = -1,
     batch_axis: AxisSpec = (),
@@ -284,11 +322,13 @@ def xavier_normal(
     """PyTorch's ``xavier_normal_``: N(0, std^2), ``std = gain * sqrt(2 / (fan_in + fan_out))``.
 
     A plain normal, not truncated (unlike jax's ``glorot_normal``). Fans in Flax layout.
+    Keyword arguments only, and ``gain=0`` needs ``allow_zero=True``, as in
+    :func:`xavier_uniform`.
 
     Example:
       >>> w = xavier_normal()(jax.random.key(0), (256, 256))
     """
-    gain = check_number(gain, "xavier_normal", "gain", minimum=0.0)
+    gain = _check_gain(gain, allow_zero, "xavier_normal")
     return variance_scaling(gain**2, "fan_avg", "normal", in_axis, out_axis, batch_axis, dtype)
 
 
@@ -303,12 +343,14 @@ def _kaiming_scale(name: str, a: float, mode: str, nonlinearity: str) -> float:
     return gain**2
 
 
-@named_factory
+@named_factory(
+    positional_hint=_torch_hint("kaiming_uniform", "he_uniform", "a, mode, nonlinearity")
+)
 def kaiming_uniform(
+    *,
     a: float = 0.0,
     mode: str = "fan_in",
     nonlinearity: str = "leaky_relu",
-    *,
     in_axis: AxisSpec = -2,
     out_axis: AxisSpec = -1,
     batch_axis: AxisSpec = (),
@@ -321,6 +363,10 @@ def kaiming_uniform(
     ``kaiming_uniform(a=math.sqrt(5))`` is PyTorch's ``nn.Linear``/``nn.Conv``
     default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)). He et al. 2015.
 
+    Keyword arguments only: jax's ``kaiming_uniform`` is ``he_uniform``, whose
+    positional arguments are ``(in_axis, out_axis, batch_axis, dtype)``, so a
+    positional call raises rather than mean ``a``, ``mode``, ``nonlinearity``.
+
     Example:
       >>> torch_linear_default = kaiming_uniform(a=math.sqrt(5))
     """
@@ -328,12 +374,12 @@ def kaiming_uniform(
     return variance_scaling(scale, mode, "uniform", in_axis, out_axis, batch_axis, dtype)
 
 
-@named_factory
+@named_factory(positional_hint=_torch_hint("kaiming_normal", "he_normal", "a, mode, nonlinearity"))
 def kaiming_normal(
+    *,
     a: float = 0.0,
     mode: str = "fan_in",
     nonlinearity: str = "leaky_relu",
-    *,
     in_axis: AxisSpec = -2,
     out_axis: AxisSpec = -1,
     batch_axis: AxisSpec = (),
@@ -342,7 +388,7 @@ def kaiming_normal(
     """PyTorch's ``kaiming_normal_``: N(0, std^2), ``std = gain / sqrt(fan)``, untruncated.
 
     ``gain = calculate_gain(nonlinearity, a)``; jax's ``he_normal`` is truncated, this
-    is not. He et al. 2015.
+    is not. He et al. 2015. Keyword arguments only, as :func:`kaiming_uniform`.
 
     Example:
       >>> init = kaiming_normal(mode="fan_out", nonlinearity="relu")
