@@ -74,6 +74,16 @@ class RuleContext:
         (``params/layers_*``); else the largest such count in the tree; else None.
       stacked: whether the action runs on one slice of a stacked leaf.
       extra: the user's ``context`` entries.
+      role: with ``structure=``, the leaf's role (see :mod:`flaxinit.structure`),
+        else None.
+      fan_in_axes, fan_out_axes, batch_axes: with ``structure=``, the axes (of
+        ``shape``) the model contracts, carries and batches, for a leaf that has
+        fan axes; else None. ``fan_in``/``fan_out`` are then their sizes' products,
+        and re-draws use them.
+      residual_output: with ``structure=``, whether the leaf's output reaches a
+        residual add directly; else None.
+      norm_offset: with ``structure=``, 1.0 for a norm computing ``x * (1 + scale)``;
+        else 0.0.
     """
 
     path: str
@@ -85,6 +95,45 @@ class RuleContext:
     num_layers: int | None
     stacked: bool = False
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+    role: str | None = None
+    fan_in_axes: tuple[int, ...] | None = None
+    fan_out_axes: tuple[int, ...] | None = None
+    batch_axes: tuple[int, ...] | None = None
+    residual_output: bool | None = None
+    norm_offset: float = 0.0
+
+    @classmethod
+    def make(cls, *, shape: tuple[int, ...], **fields: Any) -> RuleContext:
+        """A context whose fans come from its fan axes, else Flax's convention."""
+        return cls(
+            shape=shape,
+            **fields,
+            **_fans(shape, fields.get("fan_in_axes"), fields.get("fan_out_axes")),
+        )
+
+    @property
+    def structural_axes(self) -> tuple[Any, Any, Any] | None:
+        """``(in, out, batch)`` axes to re-draw on, when a structure gives axes that
+        differ from the initializers' own reading of the shape; else None.
+
+        The initializers read ``(*window, in, out)``, where a window multiplies both
+        fans (PyTorch's receptive field): right for a conv, wrong for an attention
+        output ``(heads, head_dim, d)`` that contracts its leading axes.
+        """
+        if self.fan_in_axes is None or self.fan_out_axes is None:
+            return None
+        nd = len(self.shape)
+        batch = self.batch_axes or ()
+        if (
+            not batch
+            and (nd == 2 or self.role == "conv")
+            and self.fan_out_axes == (nd - 1,)
+            and self.fan_in_axes == tuple(range(nd - 1))
+        ):
+            return None  # a dense kernel's or a conv's own layout
+        if not self.fan_in_axes or not self.fan_out_axes:
+            return None
+        return self.fan_in_axes, self.fan_out_axes, batch
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names that are not fields: look in the user's context.
@@ -104,10 +153,27 @@ class RuleContext:
         return getattr(self, name)
 
     def replace(self, **changes: Any) -> RuleContext:
-        """A copy with ``changes``; a new ``shape`` also recomputes the fans."""
+        """A copy with ``changes``; a new ``shape`` also recomputes the fans (and
+        drops structural axes if the rank changes)."""
         if "shape" in changes and "fan_in" not in changes:
-            changes["fan_in"], changes["fan_out"] = leaf_fans(changes["shape"])
+            shape = tuple(changes["shape"])
+            if len(shape) != len(self.shape):
+                changes.update(fan_in_axes=None, fan_out_axes=None, batch_axes=None)
+            ins = changes.get("fan_in_axes", self.fan_in_axes)
+            outs = changes.get("fan_out_axes", self.fan_out_axes)
+            changes.update(_fans(shape, ins, outs))
         return dataclasses.replace(self, **changes)
+
+
+def _fans(
+    shape: Sequence[int], ins: Sequence[int] | None, outs: Sequence[int] | None
+) -> dict[str, int | None]:
+    if ins is None or outs is None or not (ins or outs):
+        fan_in, fan_out = leaf_fans(shape)
+    else:
+        fan_in = math.prod(shape[a] for a in ins) if ins else None
+        fan_out = math.prod(shape[a] for a in outs) if outs else None
+    return {"fan_in": fan_in, "fan_out": fan_out}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -272,10 +338,18 @@ class Reinit(Action):
         drawn = jnp.reshape(drawn, tuple(shape[a] for a in perm))
         return jnp.transpose(drawn, np.argsort(perm))
 
+    def with_structure(self, ctx: RuleContext) -> Reinit:
+        """This re-draw on the leaf's structural fan axes when it declares none."""
+        axes = ctx.structural_axes
+        if self._has_axes or axes is None:
+            return self
+        ins, outs, batch = axes
+        return dataclasses.replace(self, in_axis=ins, out_axis=outs, batch_axis=batch or None)
+
     def __call__(self, key: Any, leaf: jax.Array, ctx: RuleContext) -> jax.Array:
         if key is None:
             raise ValueError(f"{self!r} at {ctx.path!r} draws random values: pass key=")
-        return self._draw(key, tuple(leaf.shape), leaf.dtype)
+        return self.with_structure(ctx)._draw(key, tuple(leaf.shape), leaf.dtype)
 
     def call_stacked(self, keys: Any, leaf: jax.Array, ctxs: Sequence[RuleContext]) -> jax.Array:
         if keys is None:
@@ -283,7 +357,8 @@ class Reinit(Action):
         if not vmap_matches_loop(keys):
             return super().call_stacked(keys, leaf, ctxs)
         shape = tuple(leaf.shape[1:])
-        return jax.vmap(lambda k: self._draw(k, shape, leaf.dtype))(keys)
+        action = self.with_structure(ctxs[0])
+        return jax.vmap(lambda k: action._draw(k, shape, leaf.dtype))(keys)
 
 
 def reinit(

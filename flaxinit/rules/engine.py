@@ -41,12 +41,11 @@ from flaxinit.rules.actions import (
     PerLayer,
     RuleContext,
     check_result,
-    leaf_fans,
     to_action,
     vmap_matches_loop,
 )
 from flaxinit.rules.paths import FlatTree, LeafInfo, flatten_tree
-from flaxinit.rules.patterns import Pattern, compile_pattern
+from flaxinit.rules.patterns import Pattern, compile_pattern, role_needs_structure
 
 __all__ = [
     "LeafReport",
@@ -141,23 +140,87 @@ def _closest(pattern: Pattern, paths: Sequence[str], n: int = 3) -> tuple[str, .
     return tuple(out)
 
 
-def match_rules(rules: Sequence[Rule], infos: Sequence[LeafInfo]) -> list[list[Rule]]:
-    """Per leaf, the rules whose pattern matches its path, in rule order."""
-    matchers = [(r, r.pattern.regex.fullmatch) for r in rules]
-    return [[r for r, m in matchers if m(info.path) is not None] for info in infos]
+def _matcher(pattern: Pattern, structure: Any, paths: Sequence[str]) -> Callable[[int], bool]:
+    """``leaf index -> bool`` for one pattern (a role selector reads ``structure``)."""
+    if pattern.role is None:
+        fullmatch = pattern.regex.fullmatch
+        return lambda n: fullmatch(paths[n]) is not None
+    if structure is None:
+        if not pattern.fallback:
+            raise ValueError(role_needs_structure(pattern.source))
+        regexes = [p.regex.fullmatch for p in pattern.fallback]
+        return lambda n: any(m(paths[n]) is not None for m in regexes)
+    selected = set(structure.select(pattern.role))
+    return lambda n: structure.leaves[n].path in selected
+
+
+def match_rules(
+    rules: Sequence[Rule], infos: Sequence[LeafInfo], structure: Any = None
+) -> list[list[Rule]]:
+    """Per leaf, the rules whose pattern matches it, in rule order.
+
+    ``structure`` is a :class:`StructureView` (``apply_rules(..., structure=)``);
+    without one a ``@role`` pattern uses its fallback paths or raises ``ValueError``.
+    """
+    paths = [info.path for info in infos]
+    matchers = [(r, _matcher(r.pattern, structure, paths)) for r in rules]
+    return [[r for r, m in matchers if m(n)] for n in range(len(infos))]
+
+
+@dataclasses.dataclass(frozen=True)
+class StructureView:
+    """A model structure lined up with one tree's leaves (``leaves[n]`` is leaf n's)."""
+
+    structure: Any
+    leaves: tuple[Any, ...]
+
+    def select(self, role: str) -> list[str]:
+        return self.structure.select(role)
+
+    @property
+    def num_layers(self) -> int | None:
+        return self.structure.num_layers
+
+
+def view_structure(structure: Any, infos: Sequence[LeafInfo]) -> StructureView | None:
+    """Lines ``structure`` up with ``infos``; raises naming the first leaf it lacks."""
+    if structure is None:
+        return None
+    from flaxinit.structure import ModelStructure
+
+    if not isinstance(structure, ModelStructure):
+        raise TypeError(
+            "structure must be a ModelStructure from fi.model_structure(model, *inputs), "
+            f"got {type(structure).__name__}"
+        )
+    return StructureView(structure, tuple(structure.check_tree(infos)))
 
 
 def unmatched(
-    rules: Sequence[Rule], hits: Sequence[Sequence[Rule]], infos: Sequence[LeafInfo]
+    rules: Sequence[Rule],
+    hits: Sequence[Sequence[Rule]],
+    infos: Sequence[LeafInfo],
+    structure: StructureView | None = None,
 ) -> list[UnmatchedRule]:
-    """The rules that matched no leaf, with the closest existing paths."""
+    """The rules that matched no leaf, with the closest existing paths (for a role
+    selector: the roles the model's leaves play)."""
     used = {r.index for leaf in hits for r in leaf}
     paths = [i.path for i in infos]
-    return [
-        UnmatchedRule(r.index, r.pattern.source, _closest(r.pattern, paths))
-        for r in rules
-        if r.index not in used
-    ]
+    out = []
+    for r in rules:
+        if r.index in used:
+            continue
+        pattern = r.pattern
+        if pattern.role is not None and structure is not None:
+            present = tuple(dict.fromkeys(role for leaf in structure.leaves for role in leaf.roles))
+            out.append(UnmatchedRule(r.index, pattern.source, present, roles=True))
+        elif pattern.role is not None:
+            close = tuple(p for f in pattern.fallback for p in _closest(f, paths))
+            source = f"{pattern.source} (without structure= : {pattern.fallback_source!r})"
+            out.append(UnmatchedRule(r.index, source, close[:3]))
+        else:
+            out.append(UnmatchedRule(r.index, pattern.source, _closest(pattern, paths)))
+    return out
 
 
 def raise_unmatched(missing: Sequence[UnmatchedRule], what: str = "rule") -> None:
@@ -165,8 +228,13 @@ def raise_unmatched(missing: Sequence[UnmatchedRule], what: str = "rule") -> Non
     if not missing:
         return
     lines = [
-        f"{what} {m.index} pattern {m.pattern!r} matched no leaf; closest paths: "
-        + (", ".join(repr(p) for p in m.closest) or "(the tree has no array leaves)")
+        f"{what} {m.index} pattern {m.pattern!r} matched no leaf; "
+        + (
+            "no leaf plays that role; the model's roles: " + ", ".join(m.closest)
+            if m.roles
+            else "closest paths: "
+            + (", ".join(repr(p) for p in m.closest) or "(the tree has no array leaves)")
+        )
         for m in missing
     ]
     raise ValueError("\n".join(lines) + "\n(pass strict=False to allow rules that match nothing)")
@@ -223,9 +291,14 @@ class _Layers:
     """Layer indices and layer counts for a plan (see ``RuleContext.num_layers``)."""
 
     def __init__(
-        self, infos: Sequence[LeafInfo], hits: Sequence[Sequence[Rule]], opts: _Options
+        self,
+        infos: Sequence[LeafInfo],
+        hits: Sequence[Sequence[Rule]],
+        opts: _Options,
+        structure: StructureView | None = None,
     ) -> None:
         self.opts = opts
+        self.structure = structure
         self.groups: dict[str, int] = {}
         counts: list[int] = []
         if opts.layer_of is not None:
@@ -254,47 +327,78 @@ class _Layers:
             opts.num_layers,
             opts.layer_of,
             tuple(sorted(opts.extra.items())),
+            None if self.structure is None else self.structure.num_layers,
         )
+
+    def leaf_signature(self, n: int) -> Any:
+        """The structure facts leaf ``n``'s contexts hold (None without a structure)."""
+        return None if self.structure is None else self.structure.leaves[n].signature()
+
+    def _structural(self, n: int, drop_axis: int | None = None) -> dict[str, Any]:
+        """The context fields a structure gives leaf ``n`` (one slice's, with the
+        stacked ``drop_axis`` removed and later axes renumbered)."""
+        if self.structure is None:
+            return {}
+        leaf = self.structure.leaves[n]
+
+        def axes(group: tuple[int, ...]) -> tuple[int, ...]:
+            if drop_axis is None:
+                return group
+            return tuple(a - (a > drop_axis) for a in group if a != drop_axis)
+
+        fields: dict[str, Any] = {
+            "role": leaf.role,
+            "residual_output": leaf.residual_output,
+            "norm_offset": leaf.norm_offset,
+        }
+        if leaf.fan_in_axes or leaf.fan_out_axes:
+            fields["fan_in_axes"] = axes(leaf.fan_in_axes)
+            fields["fan_out_axes"] = axes(leaf.fan_out_axes)
+            fields["batch_axes"] = axes(leaf.batch_axes)
+        return fields
+
+    def _num_layers(self, info: LeafInfo) -> int | None:
+        opts = self.opts
+        if opts.num_layers is not None:
+            return opts.num_layers
+        if opts.layer_of is None and info.layer_group in self.groups:
+            return self.groups[info.layer_group]
+        if self.structure is not None and self.structure.num_layers is not None:
+            return self.structure.num_layers
+        return self.tree_max
 
     def context(self, n: int, info: LeafInfo) -> RuleContext:
         """The context of the whole (unstacked) leaf ``n``."""
-        opts = self.opts
-        if opts.num_layers is not None:
-            num = opts.num_layers
-        elif opts.layer_of is None and info.layer_group in self.groups:
-            num = self.groups[info.layer_group]
-        else:
-            num = self.tree_max
-        fan_in, fan_out = leaf_fans(info.shape)
-        return RuleContext(
+        layer = self.layers[n]
+        if layer is None and self.structure is not None:
+            layer = self.structure.leaves[n].layer
+        return RuleContext.make(
             path=info.path,
             shape=info.shape,
             dtype=info.dtype,
-            fan_in=fan_in,
-            fan_out=fan_out,
-            layer=self.layers[n],
-            num_layers=num,
+            layer=layer,
+            num_layers=self._num_layers(info),
             stacked=False,
-            extra=opts.extra,
+            extra=self.opts.extra,
+            **self._structural(n),
         )
 
-    def slices(self, info: LeafInfo, axis: int) -> list[RuleContext]:
+    def slices(self, n: int, info: LeafInfo, axis: int) -> list[RuleContext]:
         """One context per slice of a stacked leaf."""
         length = info.shape[axis]
         shape = info.shape[:axis] + info.shape[axis + 1 :]
-        fan_in, fan_out = leaf_fans(shape)
         num = self.opts.num_layers if self.opts.num_layers is not None else length
+        structural = self._structural(n, drop_axis=axis)
         return [
-            RuleContext(
+            RuleContext.make(
                 path=info.path,
                 shape=shape,
                 dtype=info.dtype,
-                fan_in=fan_in,
-                fan_out=fan_out,
                 layer=i,
                 num_layers=num,
                 stacked=True,
                 extra=self.opts.extra,
+                **structural,
             )
             for i in range(length)
         ]
@@ -313,16 +417,19 @@ class Plan:
     layers: _Layers
 
     def missing(self) -> list[UnmatchedRule]:
-        return unmatched(self.rules, self.hits, self.flat.infos)
+        return unmatched(self.rules, self.hits, self.flat.infos, self.layers.structure)
 
 
-def make_plan(tree: Any, rules: Iterable[Any], context: Mapping[str, Any] | None) -> Plan:
+def make_plan(
+    tree: Any, rules: Iterable[Any], context: Mapping[str, Any] | None, structure: Any = None
+) -> Plan:
     """Flattens ``tree``, compiles ``rules`` and matches them (all in Python)."""
     compiled = compile_rules(rules)
     opts = _Options.make(context)
     flat = flatten_tree(tree)
-    hits = match_rules(compiled, flat.infos)
-    return Plan(flat, compiled, hits, _Layers(flat.infos, hits, opts))
+    view = view_structure(structure, flat.infos)
+    hits = match_rules(compiled, flat.infos, view)
+    return Plan(flat, compiled, hits, _Layers(flat.infos, hits, opts, view))
 
 
 # --------------------------------------------------------------------------- keys
@@ -523,7 +630,7 @@ def _run_leaf(
                 return action(k, x, ctx)
         else:
             keys = _slice_keys(key, info, info.shape[axis], rule.tag) if needs_key else None
-            ctxs = layers.slices(info, axis)
+            ctxs = layers.slices(n, info, axis)
 
             def run_step(x, keys, action=action, ctxs=ctxs, axis=axis, what=what):
                 xs = jnp.moveaxis(x, axis, 0)
@@ -575,7 +682,9 @@ def _program(
 
     make = lambda: jax.jit(run, out_shardings=shardings)
     try:
-        leaves = tuple((info, hits, layers.layers[n]) for n, info, hits in steps)
+        leaves = tuple(
+            (info, hits, layers.layers[n], layers.leaf_signature(n)) for n, info, hits in steps
+        )
         signature = (leaves, layers.signature(), shardings and tuple(shardings), layouts)
         hash(signature)
     except TypeError:  # an unhashable action argument or context value: no cache
@@ -598,6 +707,7 @@ def apply_rules(
     context: Mapping[str, Any] | None = None,
     strict: bool = True,
     shardings: Any = None,
+    structure: Any = None,
 ) -> Any:
     """Rewrites the leaves of a parameter tree that the rules' patterns match.
 
@@ -630,13 +740,21 @@ def apply_rules(
         explicit mesh axes the sharding in a traced leaf's type. Under an outer
         ``jax.jit`` with automatic axes a traced leaf has no layout of its own;
         pass ``shardings`` (``flaxinit.sharding`` does). Values never depend on it.
+      structure: a :class:`~flaxinit.structure.ModelStructure` of the model the
+        tree belongs to (``fi.model_structure(model, *inputs)``). It resolves
+        ``@role`` patterns, gives each rule's context the leaf's ``role``, fan axes
+        and ``norm_offset``, and makes re-draws without declared axes use the fan
+        axes the model contracts (an Einsum kernel ``(heads, d, head_dim)`` is
+        drawn with fan_in ``d``, fan_out ``heads * head_dim``).
 
     Returns:
       The rewritten tree.
 
     Raises:
       ValueError: a rule matched nothing (``strict``), an action changed a leaf's
-        shape or dtype, a scale factor is not finite, or a re-draw has no key.
+        shape or dtype, a scale factor is not finite, a re-draw has no key, a
+        ``@role`` pattern has no ``structure``, or ``structure`` describes another
+        model (the first path that differs is named).
       TypeError: a rule is not a ``(pattern, action)`` pair.
 
     Example:
@@ -648,7 +766,7 @@ def apply_rules(
       ...                      key=jax.random.key(1))
     """
     shardings_tree = shardings
-    plan = make_plan(tree, rules, context)
+    plan = make_plan(tree, rules, context, structure)
     if strict:
         raise_unmatched(plan.missing())
     key = _check_key(key)
@@ -723,6 +841,9 @@ class LeafReport:
       rules: the indices of the rules that hit the leaf, in order.
       patterns: their patterns.
       actions: their actions' descriptions (``per layer`` when run per slice).
+      role: with ``structure=``, the leaf's role; else None.
+      fan_axes: with ``structure=``, the fan axes a re-draw on this leaf uses
+        (``in[1] out[0, 2]``); empty otherwise.
     """
 
     path: str
@@ -733,6 +854,8 @@ class LeafReport:
     rules: tuple[int, ...]
     patterns: tuple[str, ...]
     actions: tuple[str, ...]
+    role: str | None = None
+    fan_axes: str = ""
 
     @property
     def touched(self) -> bool:
@@ -747,6 +870,7 @@ class UnmatchedRule:
     index: int
     pattern: str
     closest: tuple[str, ...]
+    roles: bool = False
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -790,13 +914,20 @@ class RulesReport(Sequence[LeafReport]):
 
     def __str__(self) -> str:
         rows = []
+        structural = any(r.role is not None for r in self.records)
         for r in self.records:
             layer = "" if r.layer is None else str(r.layer)
             if r.stacked_axis is not None:
                 layer = f"stack@{r.stacked_axis}"
             chain = " -> ".join(f"#{i} {a}" for i, a in zip(r.rules, r.actions, strict=True))
-            rows.append([r.path, str(r.shape), str(r.dtype), layer, chain or "-"])
-        out = _table(["path", "shape", "dtype", "layer", "rules"], rows) if rows else "(no leaves)"
+            row = [r.path, str(r.shape), str(r.dtype), layer]
+            if structural:
+                row += [r.role or "", r.fan_axes]
+            rows.append([*row, chain or "-"])
+        headers = ["path", "shape", "dtype", "layer"]
+        if structural:
+            headers += ["role", "fan axes"]
+        out = _table([*headers, "rules"], rows) if rows else "(no leaves)"
         if self.unmatched_rules:
             out += "\nunmatched rules:"
             for m in self.unmatched_rules:
@@ -811,8 +942,24 @@ def _describe_step(info: LeafInfo, rule: Rule) -> str:
     return f"per layer(axis {axis}, {info.shape[axis]} layers): {action!r}"
 
 
+def _fan_axes(layers: _Layers, n: int, info: LeafInfo, hits: Sequence[Rule]) -> str:
+    """The fan axes a re-draw on leaf ``n`` uses (from the structure), for reports."""
+    if layers.structure is None or not any(getattr(r.value, "needs_key", False) for r in hits):
+        return ""
+    ctx = layers.context(n, info)
+    if ctx.fan_in_axes is None:
+        return ""
+    used = "" if ctx.structural_axes is not None else " (= Flax's)"
+    batch = f" batch{list(ctx.batch_axes)}" if ctx.batch_axes else ""
+    return f"in{list(ctx.fan_in_axes)} out{list(ctx.fan_out_axes)}{batch}{used}"
+
+
 def explain_rules(
-    tree: Any, rules: Sequence[tuple[Any, Any]], *, context: Mapping[str, Any] | None = None
+    tree: Any,
+    rules: Sequence[tuple[Any, Any]],
+    *,
+    context: Mapping[str, Any] | None = None,
+    structure: Any = None,
 ) -> RulesReport:
     """Says what :func:`apply_rules` would do, leaf by leaf, without doing it.
 
@@ -832,7 +979,7 @@ def explain_rules(
       >>> report.untouched
       ('params/kernel',)
     """
-    plan = make_plan(tree, rules, context)
+    plan = make_plan(tree, rules, context, structure)
     records = []
     for n, info in enumerate(plan.flat.infos):
         hits = plan.hits[n]
@@ -846,6 +993,10 @@ def explain_rules(
                 rules=tuple(r.index for r in hits),
                 patterns=tuple(r.pattern.source for r in hits),
                 actions=tuple(_describe_step(info, r) for r in hits),
+                role=None
+                if plan.layers.structure is None
+                else plan.layers.structure.leaves[n].role,
+                fan_axes=_fan_axes(plan.layers, n, info, hits),
             )
         )
     return RulesReport(records, plan.missing())

@@ -14,7 +14,13 @@ from typing import Any
 
 from flax import nnx
 
-from flaxinit.rules.engine import compile_rules, match_rules, raise_unmatched, unmatched
+from flaxinit.rules.engine import (
+    compile_rules,
+    match_rules,
+    raise_unmatched,
+    unmatched,
+    view_structure,
+)
 from flaxinit.rules.paths import flatten_tree
 
 __all__ = ["rule_labels", "rule_mask"]
@@ -50,6 +56,7 @@ def rule_labels(
     *,
     default: Hashable = _MISSING,
     strict: bool = True,
+    structure: Any = None,
 ) -> Any:
     """A label tree for ``optax.multi_transform``: the first matching rule's label.
 
@@ -62,6 +69,8 @@ def rule_labels(
       rules: ``(pattern, label)`` pairs; for each leaf the first match wins.
       default: the label of leaves no rule matches; without it such leaves raise.
       strict: raise ``ValueError`` if a pattern matches no leaf.
+      structure: resolves ``@role`` patterns (``@norm_scale``, ``@bias``), as in
+        :func:`flaxinit.apply_rules`.
 
     Returns:
       A tree like ``tree`` with a label in place of each array (or box/Variable).
@@ -80,9 +89,10 @@ def rule_labels(
     _check_tree(tree, "rule_labels")
     compiled = compile_rules(rules, convert=_label, what="label")
     flat = flatten_tree(tree)
-    hits = match_rules(compiled, flat.infos)
+    view = view_structure(structure, flat.infos)
+    hits = match_rules(compiled, flat.infos, view)
     if strict:
-        raise_unmatched(unmatched(compiled, hits, flat.infos), what="label rule")
+        raise_unmatched(unmatched(compiled, hits, flat.infos, view), what="label rule")
     labels = []
     uncovered = []
     for info, leaf_hits in zip(flat.infos, hits, strict=True):
@@ -98,7 +108,9 @@ def rule_labels(
     return flat.map_outer(lambda n: labels[n])
 
 
-def rule_mask(tree: Any, patterns: str | Sequence[Any], *, strict: bool = True) -> Any:
+def rule_mask(
+    tree: Any, patterns: str | Sequence[Any], *, strict: bool = True, structure: Any = None
+) -> Any:
     """A boolean tree, True where any pattern matches: for ``optax.masked`` and
     ``optax.add_decayed_weights(mask=...)``.
 
@@ -106,6 +118,7 @@ def rule_mask(tree: Any, patterns: str | Sequence[Any], *, strict: bool = True) 
       tree: the params.
       patterns: a pattern or a sequence of patterns.
       strict: raise ``ValueError`` if a pattern matches no leaf.
+      structure: resolves ``@role`` patterns (see :func:`flaxinit.apply_rules`).
 
     Example:
       >>> import jax, optax, flax.linen as nn
@@ -117,7 +130,8 @@ def rule_mask(tree: Any, patterns: str | Sequence[Any], *, strict: bool = True) 
         patterns = [patterns]
     compiled = compile_rules([(p, True) for p in patterns], convert=_label, what="pattern")
     flat = flatten_tree(tree)
-    hits = match_rules(compiled, flat.infos)
+    view = view_structure(structure, flat.infos)
+    hits = match_rules(compiled, flat.infos, view)
     if strict:
-        raise_unmatched(unmatched(compiled, hits, flat.infos), what="mask pattern")
+        raise_unmatched(unmatched(compiled, hits, flat.infos, view), what="mask pattern")
     return flat.map_outer(lambda n: bool(hits[n]))

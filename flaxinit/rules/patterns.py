@@ -1,8 +1,10 @@
 """Path patterns: a small glob language compiled once to a regular expression.
 
 A path is a string of segments joined by ``/`` (``params/block_3/attn/out/kernel``).
-A pattern is either a glob over those segments or, behind the ``re:`` prefix, a
-Python regular expression matched against the whole path. See the package
+A pattern is either a glob over those segments, or, behind the ``re:`` prefix, a
+Python regular expression matched against the whole path, or, behind ``@``, a role
+read from the model's computation (``@mlp_out``, resolved with ``structure=``; see
+:mod:`flaxinit.structure`). See the package
 docstring of :mod:`flaxinit.rules` for the full language with examples.
 """
 
@@ -13,7 +15,7 @@ import functools
 import re
 from typing import Any
 
-__all__ = ["Pattern", "compile_pattern"]
+__all__ = ["Pattern", "compile_pattern", "role_pattern"]
 
 REGEX_PREFIX = "re:"
 
@@ -33,15 +35,32 @@ class Pattern:
     """
 
     source: str
-    regex: re.Pattern[str]
+    regex: re.Pattern[str] | None
     anchored: bool
+    role: str | None = None
+    fallback: tuple[Pattern, ...] = ()
 
     def matches(self, path: str) -> bool:
-        """Whether ``path`` (segments joined by ``/``) is matched by this pattern."""
+        """Whether ``path`` (segments joined by ``/``) is matched by this pattern.
+
+        A role selector has no path to match: it raises ``ValueError`` unless it
+        carries fallback path patterns (recipes' defaults do).
+        """
+        if self.role is not None:
+            if not self.fallback:
+                raise ValueError(role_needs_structure(self.source))
+            return any(p.matches(path) for p in self.fallback)
         return self.regex.fullmatch(path) is not None
 
     def __repr__(self) -> str:
+        if self.fallback:
+            return f"Pattern({self.source!r}, else {self.fallback_source!r})"
         return f"Pattern({self.source!r})"
+
+    @property
+    def fallback_source(self) -> str:
+        """The fallback patterns as written, ``|``-joined (empty without)."""
+        return " | ".join(p.source for p in self.fallback)
 
 
 def _translate_segment(segment: str, source: str) -> str:
@@ -123,8 +142,40 @@ def _translate_glob(source: str) -> tuple[str, bool]:
     return out, anchored
 
 
+ROLE_PREFIX = "@"
+
+
+def role_needs_structure(source: str) -> str:
+    return (
+        f"pattern {source!r} selects leaves by role: pass "
+        "structure=fi.model_structure(model, *inputs) so the roles are known"
+    )
+
+
+def role_pattern(role: str, fallback: Any = ()) -> Pattern:
+    """A ``@role`` selector; ``fallback`` path patterns are used without a structure.
+
+    Recipes build their defaults this way: with ``structure=`` the rule selects by
+    role, without it by the stock Flax names it always used.
+
+    Example:
+      >>> role_pattern("mlp_out", "fc2/kernel")
+      Pattern('@mlp_out', else 'fc2/kernel')
+    """
+    from flaxinit.structure import check_role
+
+    check_role(role)
+    items = [fallback] if isinstance(fallback, (str, Pattern)) else list(fallback)
+    compiled = tuple(compile_pattern(p) for p in items)
+    if any(p.role is not None for p in compiled):
+        raise ValueError(f"role_pattern: a fallback must be a path pattern, got {fallback!r}")
+    return Pattern(ROLE_PREFIX + role, None, False, role, compiled)
+
+
 @functools.lru_cache(maxsize=4096)
 def _compile_str(source: str) -> Pattern:
+    if source.startswith(ROLE_PREFIX):
+        return role_pattern(source[len(ROLE_PREFIX) :])
     if source.startswith(REGEX_PREFIX):
         expr = source[len(REGEX_PREFIX) :]
         if not expr:
