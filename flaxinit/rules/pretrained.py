@@ -16,6 +16,8 @@ __all__ = ["MergeRecord", "MergeReport", "merge_pretrained"]
 PRETRAINED = "pretrained"
 FRESH = "fresh"
 REINIT = "reinit"
+# How many shape mismatches an error names before it counts the rest.
+_SHOWN = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,8 +113,9 @@ def merge_pretrained(
       came from where (and which pretrained leaves went unused).
 
     Raises:
-      ValueError: a shape mismatch that no ``reinit`` pattern covers (naming every
-        such path with both shapes), or the two trees share no path at all.
+      ValueError: a shape mismatch that no ``reinit`` pattern covers (naming the
+        first 5 such paths with both shapes, and how many more), or the two trees
+        share no path at all.
 
     Example:
       >>> import jax, flax.linen as nn
@@ -160,10 +163,13 @@ def merge_pretrained(
                 MergeRecord(info.path, PRETRAINED, info.shape, info.dtype, pre_shape, cast)
             )
     if mismatched:
+        shown = "; ".join(mismatched[:_SHOWN])
+        rest = len(mismatched) - _SHOWN
+        more = f"; and {rest} more" if rest > 0 else ""
+        count = f"{len(mismatched)} leaves" if len(mismatched) > 1 else "1 leaf"
         raise ValueError(
-            "merge_pretrained: shape mismatch at "
-            + "; ".join(mismatched)
-            + " (add a reinit= pattern to keep such leaves freshly initialized)"
+            f"merge_pretrained: shape mismatch at {count}: {shown}{more} (add a reinit= "
+            "pattern to keep such leaves freshly initialized)"
         )
     unused = [path for path in by_path if path not in fresh_paths]
     return f.rebuild(arrays), MergeReport(records, unused)

@@ -69,6 +69,26 @@ def test_shape_mismatch_raises_naming_paths(pretrained, fresh):
     assert "reinit=" in msg
 
 
+def test_many_mismatches_show_the_first_five_and_a_count():
+    # A width change touches every layer: the message must stay readable.
+    def tree(width):
+        return {
+            "params": {f"layer_{i:02d}": {"kernel": jnp.zeros((width, width))} for i in range(48)}
+        }
+
+    with pytest.raises(ValueError, match="shape mismatch") as info:
+        merge_pretrained(tree(4), tree(8))
+    msg = str(info.value)
+    assert msg.count("fresh (4, 4) vs pretrained (8, 8)") == 5, msg
+    for i in range(5):
+        assert f"'params/layer_{i:02d}/kernel'" in msg
+    assert "'params/layer_05/kernel'" not in msg
+    assert "and 43 more" in msg
+    assert "48 leaves" in msg
+    assert "reinit=" in msg
+    assert len(msg) < 800, len(msg)
+
+
 def test_reinit_keeps_fresh_even_when_shapes_agree_and_unused_is_reported(pretrained):
     same = Classifier(10).init(jax.random.key(2), X)
     merged, report = merge_pretrained(same, pretrained, reinit="body/bias")
