@@ -153,7 +153,9 @@ def transformer(
     embedding_std = check_float(embedding_std, r, "embedding_std", nonnegative=True)
     gain = 1 / math.sqrt(2 * L)
     xin = layer_init(lambda _: xavier_uniform(), "in", "xavier_uniform", L)
-    xout = layer_init(lambda _: xavier_uniform(gain), "out", f"xavier_uniform(gain={fmt(gain)})", L)
+    xout = layer_init(
+        lambda _: xavier_uniform(gain=gain), "out", f"xavier_uniform(gain={fmt(gain)})", L
+    )
     return [
         *rules_for(query, xin, r, "query"),
         *rules_for(key, xin, r, "key"),
@@ -596,7 +598,10 @@ def deepnet(
         for arg, (patterns, scaled, kind) in groups.items():
             gain = beta if scaled else 1.0
             action = layer_init(
-                lambda _, g=gain: xavier_normal(g), kind, f"xavier_normal(gain={fmt(gain)})", layers
+                lambda _, g=gain: xavier_normal(gain=g),
+                kind,
+                f"xavier_normal(gain={fmt(gain)})",
+                layers,
             )
             for p in pattern_list(patterns, r, arg):
                 if prefix and p.startswith("re:"):
