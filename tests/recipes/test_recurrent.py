@@ -84,9 +84,37 @@ def test_lstm_strict_raises_on_the_other_layout(framework):
     per_gate = classifier(framework, "lstm")
     with pytest.raises(ValueError, match="dense_i/kernel' matched no leaf"):
         apply_rules(per_gate, lstm(fused=True), key=KEY)
-    if framework == "nnx":
-        with pytest.raises(ValueError, match="matched no leaf"):
-            apply_rules(classifier("nnx", "optimized"), lstm(), key=KEY)
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_lstm_on_the_fused_nnx_cell_names_fused_true(strict):
+    # NNX's OptimizedLSTMCell is fused: without fused=True the per-gate patterns match
+    # none of its leaves, and strict=False used to leave it untouched without a word.
+    fused = classifier("nnx", "optimized")
+    with pytest.raises(ValueError, match=r"lstm\(fused=True\)") as info:
+        apply_rules(fused, lstm(), key=KEY, strict=strict)
+    message = str(info.value)
+    assert "lstm(fused=True)" in message, message
+    assert "OptimizedLSTMCell" in message
+    assert "'hf/bias' matched no leaf" in message
+    assert "rnn/0/cell/dense_h/bias" in message
+
+
+def test_lstm_guard_leaves_other_nnx_cells_alone():
+    # GRUCell and SimpleCell also have dense_i/dense_h, but no dense_h/bias.
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.lstm = nnx.LSTMCell(3, 8, rngs=rngs)
+            self.gru = nnx.GRUCell(3, 8, rngs=rngs)
+            self.simple = nnx.SimpleCell(3, 8, rngs=rngs)
+
+    net = Net(nnx.Rngs(0))
+    before = nnx.state(net)
+    after = nnx.state(apply_rules(net, lstm(), key=KEY))
+    for cell in ("gru", "simple"):
+        for path, x in nnx.to_flat_state(after[cell]):
+            np.testing.assert_array_equal(x[...], before[cell][path[0]][path[1]][...])
+    np.testing.assert_array_equal(after["lstm"]["hf"]["bias"][...], 1.0)
 
 
 @pytest.mark.parametrize(
