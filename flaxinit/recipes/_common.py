@@ -20,54 +20,88 @@ import jax
 import numpy as np
 
 from flaxinit.initializers import Initializer
-from flaxinit.rules import RuleContext, compile_pattern, per_layer, reinit
+from flaxinit.rules import RuleContext, compile_pattern, fill, per_layer, reinit
 from flaxinit.rules.actions import Action
+from flaxinit.rules.patterns import Pattern, role_pattern
 
-Patterns = str | Sequence[str] | None
+Patterns = str | Pattern | Sequence[str | Pattern] | None
 Rules = list[tuple[str, Any]]
 
-# Default layout names: the stock Flax modules (MultiHeadDotProductAttention /
-# MultiHeadAttention, Embed, LayerNorm/BatchNorm/RMSNorm) and the zoo's MLP block.
-QUERY = "query/kernel"
-KEY = "key/kernel"
-VALUE = "value/kernel"
-ATTN_OUT = "out/kernel"
-MLP_IN = "fc1/kernel"
-MLP_OUT = "fc2/kernel"
-EMBEDDING = "embedding"
-HEAD = "head/kernel"
-HEAD_BIAS = "head/bias"
-KERNEL = "kernel"
-BIAS = "bias"
+# Default patterns. Each selects by role when ``apply_rules(..., structure=)`` is
+# given (see :mod:`flaxinit.structure`), else by the stock Flax names:
+# MultiHeadDotProductAttention / MultiHeadAttention, Embed, LayerNorm/BatchNorm/
+# RMSNorm and the zoo's MLP block.
 # A norm module: a name containing "norm"/"Norm" (LayerNorm_0, BatchNorm_1, RMSNorm_0,
 # encoder_norm, norm1) or starting with "ln"/"bn" (ln_f, ln1, bn2, bn_stem).
 _NORM = r"(?:[^/]*[Nn]orm[^/]*|ln[^/]*|bn[^/]*)"
-NORM_SCALE = rf"re:(?:.*/)?{_NORM}/scale"
-NORM_BIAS = rf"re:(?:.*/)?{_NORM}/bias"
+QUERY = role_pattern("attention_query", "query/kernel")
+KEY = role_pattern("attention_key", "key/kernel")
+VALUE = role_pattern("attention_value", "value/kernel")
+ATTN_OUT = role_pattern("attention_out", "out/kernel")
+MLP_IN = role_pattern("mlp_in", "fc1/kernel")
+MLP_OUT = role_pattern("mlp_out", "fc2/kernel")
+EMBEDDING = role_pattern("embedding", "embedding")
+HEAD = role_pattern("readout", "head/kernel")
+HEAD_BIAS = "head/bias"
+KERNEL = role_pattern("kernel", "kernel")
+BIAS = role_pattern("bias", "bias")
+NORM_SCALE = role_pattern("norm_scale", rf"re:(?:.*/)?{_NORM}/scale")
+NORM_BIAS = role_pattern("norm_bias", rf"re:(?:.*/)?{_NORM}/bias")
+
+
+class NormGain:
+    """A norm scale's value for an effective gain ``g``: ``g - ctx.norm_offset``.
+
+    A norm computing ``x * (1 + scale)`` (Gemma's RMSNorm) has gain 1 at scale 0;
+    without a structure the offset is 0 and this is ``g``.
+    """
+
+    def __init__(self, gain: float) -> None:
+        self.gain = float(gain)
+
+    def __call__(self, ctx: RuleContext) -> float:
+        return self.gain - ctx.norm_offset
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NormGain) and other.gain == self.gain
+
+    def __hash__(self) -> int:
+        return hash((NormGain, self.gain))
+
+    def __repr__(self) -> str:
+        return f"{self.gain:g} - norm_offset"
+
+
+def norm_gain(gain: float) -> Action:
+    """``fill`` a norm scale so that its effective gain is ``gain``."""
+    return fill(NormGain(gain))
 
 
 # --------------------------------------------------------------------------- checks
 
 
-def pattern_list(value: Patterns, recipe: str, arg: str) -> list[str]:
-    """``value`` as a list of validated patterns; ``None`` is the empty list."""
+def pattern_list(value: Patterns, recipe: str, arg: str) -> list[Pattern]:
+    """``value`` as a list of compiled patterns, each naming the recipe keyword that
+    set it (for errors); ``None`` is the empty list."""
     if value is None:
         return []
-    items = [value] if isinstance(value, str) else value
+    items = [value] if isinstance(value, (str, Pattern)) else value
     try:
         items = list(items)
     except TypeError:
         raise TypeError(
             f"{recipe}: {arg} must be a pattern, a sequence of patterns or None, got {value!r}"
         ) from None
+    out = []
     for p in items:
-        if not isinstance(p, str):
+        if not isinstance(p, (str, Pattern)):
             raise TypeError(f"{recipe}: {arg} must hold pattern strings, got {p!r}")
         try:
-            compile_pattern(p)
+            compiled = compile_pattern(p)
         except ValueError as e:
             raise ValueError(f"{recipe}: {arg}: {e}") from None
-    return items
+        out.append(dataclasses.replace(compiled, origin=f"{recipe}({arg}=...)"))
+    return out
 
 
 def rules_for(value: Patterns, action: Any, recipe: str, arg: str) -> Rules:
@@ -183,12 +217,34 @@ class LayerInit(Action):
                 f"num_layers={self.num_layers}. If it is one layer, name its block with a "
                 "layer index (layers_3, blocks_3, h_3, blocks/3)"
             )
-        fan_in, fan_out = projection_fans(self.kind, shape)
+        if (
+            self.num_layers is not None
+            and ctx.layer is not None
+            and ctx.num_layers is not None
+            and ctx.num_layers != self.num_layers
+        ):
+            raise ValueError(
+                f"{self.name}: the recipe was built for num_layers={self.num_layers}, but "
+                f"the model has {ctx.num_layers} layers (read at {ctx.path!r}, layer "
+                f"{ctx.layer}); build the recipe with num_layers={ctx.num_layers}"
+            )
+        axes = ctx.structural_axes
+        if ctx.fan_in_axes is not None and ctx.fan_in and ctx.fan_out:
+            # The model's computation says which axes are contracted (Einsum layouts).
+            fan_in, fan_out = ctx.fan_in, ctx.fan_out
+        else:
+            fan_in, fan_out = projection_fans(self.kind, shape)
+            axes = None
+            if self.kind != "flax" and len(shape) > 2:
+                in_axis, out_axis = projection_axes(self.kind, len(shape))
+                axes = (in_axis, out_axis, ())
         init = self.build(Layer(ctx, fan_in, fan_out))
-        if self.kind == "flax" or len(shape) == 2:
+        if axes is None:
             return init(key, shape, leaf.dtype)
-        in_axis, out_axis = projection_axes(self.kind, len(shape))
-        return reinit(init, in_axis=in_axis, out_axis=out_axis)(key, leaf, ctx)
+        in_axis, out_axis, batch = axes
+        return reinit(init, in_axis=in_axis, out_axis=out_axis, batch_axis=batch or None)(
+            key, leaf, ctx
+        )
 
 
 def layer_init(

@@ -15,14 +15,16 @@ from flaxinit.recipes._common import (
     Patterns,
     Rules,
     check_positive_int,
+    norm_gain,
     rules_for,
 )
 from flaxinit.rules import fill
+from flaxinit.rules.patterns import role_pattern
 
 __all__ = ["CONV_KERNEL", "fixup", "he_cnn", "rezero", "zero_init_residual"]
 
 # Conv kernels: a module named Conv_0 / ConvTranspose_0 / conv1 / conv_stem / deconv1.
-CONV_KERNEL = r"re:(?:.*/)?(?:[Cc]onv|deconv)[^/]*/kernel"
+CONV_KERNEL = role_pattern("conv", r"re:(?:.*/)?(?:[Cc]onv|deconv)[^/]*/kernel")
 
 
 def he_cnn(
@@ -59,17 +61,23 @@ def he_cnn(
         raise ValueError(f"{r}: mode must be 'fan_in' or 'fan_out', got mode={mode!r}")
     return [
         *rules_for(convs, kaiming_normal(mode=mode, nonlinearity="relu"), r, "convs"),
-        *rules_for(norm_scales, fill(1.0), r, "norm_scales"),
+        *rules_for(norm_scales, norm_gain(1.0), r, "norm_scales"),
         *rules_for(norm_biases, fill(0.0), r, "norm_biases"),
     ]
 
 
-def zero_init_residual(*, last_norms: Patterns = "bn2/scale") -> Rules:
+LAST_NORM_SCALE = role_pattern("norm_scale:residual", "bn2/scale")
+
+
+def zero_init_residual(*, last_norms: Patterns = LAST_NORM_SCALE) -> Rules:
     """Zero-γ: the scale of the last norm of every residual block is 0, so each block
     starts as the identity.
 
-    The default names the zoo's basic block (``bn2``); torchvision's ``Bottleneck`` is
-    ``bn3``, and Flax's ImageNet example ``ResNetBlock_*/BatchNorm_1/scale`` or
+    With ``structure=`` the default selects the norm scales whose output reaches a
+    residual add directly (``@norm_scale:residual``: the last norm of each branch,
+    never a projection shortcut's, whatever the names). Without it, the default names
+    the zoo's basic block (``bn2``); torchvision's ``Bottleneck`` is ``bn3``, and
+    Flax's ImageNet example ``ResNetBlock_*/BatchNorm_1/scale`` or
     ``BottleneckResNetBlock_*/BatchNorm_2/scale``.
 
     Sources: Goyal et al. 2017, "Accurate, Large Minibatch SGD" §5.1; torchvision
@@ -79,7 +87,7 @@ def zero_init_residual(*, last_norms: Patterns = "bn2/scale") -> Rules:
       >>> from flaxinit.recipes import he_cnn, zero_init_residual
       >>> rules = he_cnn() + zero_init_residual()
     """
-    return rules_for(last_norms, fill(0.0), "zero_init_residual", "last_norms")
+    return rules_for(last_norms, norm_gain(0.0), "zero_init_residual", "last_norms")
 
 
 def fixup(

@@ -63,6 +63,7 @@ from flaxinit.recipes._common import (
     check_positive_int,
     fmt,
     layer_init,
+    norm_gain,
     pattern_list,
     rules_for,
 )
@@ -100,7 +101,7 @@ def _single(build, name: str) -> LayerInit:
 def _norms_and_biases(recipe: str, norm_scales: Patterns, biases: Patterns) -> Rules:
     return [
         *rules_for(biases, fill(0.0), recipe, "biases"),
-        *rules_for(norm_scales, fill(1.0), recipe, "norm_scales"),
+        *rules_for(norm_scales, norm_gain(1.0), recipe, "norm_scales"),
     ]
 
 
@@ -498,7 +499,7 @@ def t5(
         *rules_for(embeddings, normal(f), r, "embeddings"),
         *rules_for(head, normal(f), r, "head"),
         *rules_for(biases, fill(0.0), r, "biases"),
-        *rules_for(norm_scales, fill(f), r, "norm_scales"),
+        *rules_for(norm_scales, norm_gain(f), r, "norm_scales"),
     ]
 
 
@@ -604,12 +605,15 @@ def deepnet(
                 layers,
             )
             for p in pattern_list(patterns, r, arg):
-                if prefix and p.startswith("re:"):
-                    raise ValueError(
-                        f"deepnet: {arg}={p!r}: an encoder-decoder recipe prefixes its "
-                        "patterns with the encoder/decoder names, so they must be globs"
-                    )
-                rules.append((f"{prefix}/**/{p}" if prefix else p, action))
+                if prefix:
+                    try:
+                        p = p.under(prefix)
+                    except ValueError:
+                        raise ValueError(
+                            f"deepnet: {arg}={p.source!r}: an encoder-decoder recipe prefixes "
+                            "its patterns with the encoder/decoder names, so they must be globs"
+                        ) from None
+                rules.append((p, action))
     return rules
 
 

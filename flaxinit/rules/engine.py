@@ -106,9 +106,12 @@ def compile_rules(
             raise TypeError(f"rule {i} must be a (pattern, {what}) pair, got {rule!r}")
         pattern = compile_pattern(rule[0])
         value = convert(rule[1])
-        n = seen.get(pattern.source, 0)
-        seen[pattern.source] = n + 1
-        out.append(Rule(i, pattern, value, stable_hash(f"{pattern.source}#{n}")))
+        # A role selector draws with its fallback's tag: the same values with and
+        # without a structure wherever both select the leaf.
+        source = pattern.fallback_source or pattern.source
+        n = seen.get(source, 0)
+        seen[source] = n + 1
+        out.append(Rule(i, pattern, value, stable_hash(f"{source}#{n}")))
     return out
 
 
@@ -151,6 +154,9 @@ def _matcher(pattern: Pattern, structure: Any, paths: Sequence[str]) -> Callable
         regexes = [p.regex.fullmatch for p in pattern.fallback]
         return lambda n: any(m(paths[n]) is not None for m in regexes)
     selected = set(structure.select(pattern.role))
+    if pattern.within is not None:
+        inside = pattern.within.regex.fullmatch
+        return lambda n: structure.leaves[n].path in selected and inside(paths[n]) is not None
     return lambda n: structure.leaves[n].path in selected
 
 
@@ -213,13 +219,14 @@ def unmatched(
         pattern = r.pattern
         if pattern.role is not None and structure is not None:
             present = tuple(dict.fromkeys(role for leaf in structure.leaves for role in leaf.roles))
-            out.append(UnmatchedRule(r.index, pattern.source, present, roles=True))
+            out.append(UnmatchedRule(r.index, pattern.source, present, True, pattern.origin))
         elif pattern.role is not None:
             close = tuple(p for f in pattern.fallback for p in _closest(f, paths))
-            source = f"{pattern.source} (without structure= : {pattern.fallback_source!r})"
-            out.append(UnmatchedRule(r.index, source, close[:3]))
+            source = f"{pattern.fallback_source} (the fallback of {pattern.source})"
+            out.append(UnmatchedRule(r.index, source, close[:3], False, pattern.origin))
         else:
-            out.append(UnmatchedRule(r.index, pattern.source, _closest(pattern, paths)))
+            closest = _closest(pattern, paths)
+            out.append(UnmatchedRule(r.index, pattern.source, closest, False, pattern.origin))
     return out
 
 
@@ -235,8 +242,18 @@ def raise_unmatched(missing: Sequence[UnmatchedRule], what: str = "rule") -> Non
             else "closest paths: "
             + (", ".join(repr(p) for p in m.closest) or "(the tree has no array leaves)")
         )
+        + (
+            f"; the pattern is {m.origin}'s default: pass {m.origin.split('(')[0]}"
+            f"({m.origin.split('(')[1].split('=')[0]}=<this model's pattern>) or None to drop "
+            "the rule, or structure=fi.model_structure(model, *inputs) to select by role"
+            if m.origin
+            else ""
+        )
         for m in missing
     ]
+    if any(m.origin for m in missing):
+        # Skipping a recipe's rule would apply the rest of a recipe that may not fit.
+        raise ValueError("\n".join(lines))
     raise ValueError("\n".join(lines) + "\n(pass strict=False to allow rules that match nothing)")
 
 
@@ -871,6 +888,7 @@ class UnmatchedRule:
     pattern: str
     closest: tuple[str, ...]
     roles: bool = False
+    origin: str | None = None
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

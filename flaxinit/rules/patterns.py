@@ -32,6 +32,9 @@ class Pattern:
       regex: the compiled regular expression, used with ``fullmatch``.
       anchored: whether the pattern must match from the root (a leading ``/`` or a
         regular expression) rather than any suffix of the path.
+      role: for a ``@role`` selector, the role (``regex`` is then None).
+      fallback: a role selector's path patterns for trees without a structure.
+      origin: what set the pattern (``gpt2(residual=...)``), for error messages.
     """
 
     source: str
@@ -39,6 +42,26 @@ class Pattern:
     anchored: bool
     role: str | None = None
     fallback: tuple[Pattern, ...] = ()
+    origin: str | None = dataclasses.field(default=None, compare=False)
+    within: Pattern | None = None
+
+    def under(self, prefix: str) -> Pattern:
+        """This pattern restricted to leaves under ``prefix`` (a glob of segments):
+        a glob is prefixed (``prefix/**/pattern``), a role selector also requires the
+        path to match ``prefix/**``."""
+        if self.role is None:
+            if self.source.startswith(REGEX_PREFIX):
+                raise ValueError(
+                    f"pattern {self.source!r}: a regular expression cannot be put under "
+                    f"{prefix!r}; use a glob"
+                )
+            return compile_pattern(f"{prefix}/**/{self.source.lstrip('/')}")
+        return dataclasses.replace(
+            self,
+            source=f"{self.source} under {prefix!r}",
+            fallback=tuple(p.under(prefix) for p in self.fallback),
+            within=compile_pattern(f"{prefix}/**"),
+        )
 
     def matches(self, path: str) -> bool:
         """Whether ``path`` (segments joined by ``/``) is matched by this pattern.

@@ -95,13 +95,19 @@ class ModelStructure(collections.abc.Mapping):
         return out
 
     def select(self, role: str) -> list[str]:
-        """The paths a ``@role`` pattern selects (a role, or a group: ``kernel``,
-        ``attention``, ``mlp``, ``norm``, ``residual_output``)."""
+        """The paths a ``@role`` pattern selects: a role, a group (``kernel``,
+        ``attention``, ``mlp``, ``norm``), ``residual_output``, or any of these
+        with ``:residual`` (``@norm_scale:residual``: the last norm of a branch)."""
         check_role(role)
-        if role == "residual_output":
-            return [p for p, leaf in self._leaves.items() if leaf.residual_output]
-        wanted = set(ROLE_GROUPS.get(role, (role,)))
-        return [p for p, leaf in self._leaves.items() if wanted & set(leaf.roles)]
+        base, _, qualifier = role.partition(":")
+        if base == "residual_output":
+            hits = [p for p, leaf in self._leaves.items() if leaf.residual_output]
+        else:
+            wanted = set(ROLE_GROUPS.get(base, (base,)))
+            hits = [p for p, leaf in self._leaves.items() if wanted & set(leaf.roles)]
+        if qualifier == "residual":
+            hits = [p for p in hits if self._leaves[p].residual_output]
+        return hits
 
     def lookup(self, path: str) -> LeafStructure | None:
         """The leaf at ``path``, also for a Linen ``params`` tree without its
@@ -172,8 +178,13 @@ class ModelStructure(collections.abc.Mapping):
 def check_role(role: str) -> str:
     """Raises ``ValueError`` listing the roles if ``role`` is not one."""
     known = (*ROLES, *ROLE_GROUPS, "residual_output")
-    if role not in known:
-        raise ValueError(f"unknown role '@{role}'; roles: " + ", ".join("@" + r for r in known))
+    base, sep, qualifier = role.partition(":")
+    if base not in known or (sep and qualifier != "residual"):
+        raise ValueError(
+            f"unknown role '@{role}'; roles: "
+            + ", ".join("@" + r for r in known)
+            + " (any of them may end in ':residual')"
+        )
     return role
 
 

@@ -124,7 +124,9 @@ def test_strict_raises_when_the_layout_is_missing(framework):
         apply_rules(resnet(framework), rezero(), key=KEY)
     with pytest.raises(ValueError, match="matched no leaf"):
         apply_rules(resnet(framework), fixup(BLOCKS), key=KEY)
-    with pytest.raises(ValueError, match="'bn2/scale' matched no leaf"):
+    with pytest.raises(
+        ValueError, match=r"'bn2/scale .the fallback of @norm_scale:residual.' matched no leaf"
+    ):
         apply_rules(resnet(framework, norm=False, gate="fixup"), zero_init_residual())
 
 
