@@ -24,10 +24,11 @@ matching its path (the glob language of :mod:`flaxinit.rules`), else the one its
 partitioning metadata declares (Linen ``nn.with_partitioning`` /
 ``nn.with_logical_partitioning``; NNX ``out_sharding`` Variable metadata, logical names
 mapped by ``logical_axis_rules`` or the active ``nn.logical_axis_rules``), else
-replicated. Patterns that place nothing, axes the mesh lacks and specs that do not
-divide a shape raise ``ValueError`` naming the pattern or the path, shape, spec and
-mesh axis sizes, before anything compiles (``strict=False`` replicates a dimension
-that does not divide). :func:`partition_specs` shows the layout of any tree.
+replicated. Patterns that place nothing, axes the mesh lacks, specs that do not
+divide a shape and logical names no ``logical_axis_rules`` entry maps raise
+``ValueError`` naming the pattern or the path, shape, spec and mesh axis sizes, before
+anything compiles (``strict=False`` replicates a dimension that does not divide, and a
+Linen logical name without a rule). :func:`partition_specs` shows the layout of any tree.
 
 How. An abstract init (``jax.eval_shape`` / ``nnx.eval_shape``) gives shapes and
 metadata; then ``jax.jit(init + apply_rules, out_shardings=...)`` is traced under the
@@ -48,6 +49,12 @@ the single-device program, ``jax.jit(model.init)(key, x)`` then ``apply_rules``
 (4, 2), Auto and Explicit). Eager (op-by-op) init can differ from any jitted one in
 the last bit, as XLA folds constants inside a program (``normal(0.02)``).
 Switching ``jax_threefry_partitionable`` off changes the random stream itself.
+
+Forward passes. Under Explicit axes JAX refuses operations whose output sharding
+is ambiguous, and a stock Flax model passes no ``out_sharding``: its forward pass on
+arrays of an Explicit mesh can fail (``nn.Embed``'s gather of a sharded table raises
+``ShardingTypeError``). For such models initialize on Auto axes,
+``mesh=auto_mesh(mesh)``, and run the model under that mesh.
 
 Memory. For a GPT whose matrices are split 8 ways, each device's init program
 holds about 1/8 of the unsharded one (measured 0.123 to 0.127 of the bytes, the

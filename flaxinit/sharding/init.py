@@ -176,7 +176,13 @@ def init_sharded(
     A leaf's spec is that of the first ``partition_rules`` pattern matching its
     path (``params/h_0/mlp/c_fc/kernel``), else what its box declares
     (``nn.with_partitioning``; ``nn.with_logical_partitioning`` mapped by
-    ``logical_axis_rules``), else replicated.
+    ``logical_axis_rules``), else replicated. A logical name that no rule maps
+    raises (map it to None to replicate on purpose).
+
+    On an Explicit mesh (``jax.make_mesh``'s default) the arrays come back with
+    Explicit shardings, and a stock model's forward pass on them can be refused by
+    JAX (``nn.Embed``'s gather of a sharded table asks for an ``out_sharding``);
+    pass ``mesh=auto_mesh(mesh)`` to get the same layout on Auto axes.
 
     Args:
       model: a ``flax.linen`` Module.
@@ -191,13 +197,17 @@ def init_sharded(
       logical_axis_rules: ``(logical_name, mesh_axes)`` pairs for logical metadata
         (default: the active ``nn.logical_axis_rules`` context).
       context: the rules' ``context`` (see :func:`flaxinit.apply_rules`).
-      strict: raise for rules or partition rules that match nothing and for specs
-        that do not divide a shape (else such a dimension is replicated).
+      strict: raise for rules or partition rules that match nothing, for specs
+        that do not divide a shape (else such a dimension is replicated) and for
+        logical names no ``logical_axis_rules`` entry maps (else Flax replicates
+        them).
       **init_kwargs: passed to ``model.init`` (``method=``, ``train=``).
 
     Raises:
       ValueError / TypeError: before anything compiles, for unmatched patterns,
-        specs that name missing axes or do not divide, or malformed rules.
+        specs that name missing axes or do not divide, logical names that no
+        ``logical_axis_rules`` entry maps (all listed in one error), or malformed
+        rules.
 
     Example:
       >>> import flax.linen as nn
@@ -331,10 +341,12 @@ def nnx_init_sharded(
     ``apply_rules(make_model(), rules, key=key)`` jitted on one device, bitwise,
     each Variable's array laid out on ``mesh`` as its spec says: the first
     ``partition_rules`` pattern matching its path (``h/0/mlp/c_fc/kernel``), else its
-    ``out_sharding`` metadata (logical names mapped by ``logical_axis_rules``), else
-    replicated. Under Explicit axes the program is traced with the axes made
-    automatic, so NNX's eager sharding constrains instead of resharding a full
-    copy; the arrays come back on ``mesh`` itself.
+    ``out_sharding`` metadata (logical names mapped by ``logical_axis_rules``; a
+    name that is neither mapped nor a mesh axis raises), else replicated. Under
+    Explicit axes the program is traced with the axes made automatic, so NNX's
+    eager sharding constrains instead of resharding a full copy; the arrays come
+    back on ``mesh`` itself, where a stock model's forward pass can be refused (see
+    :func:`init_sharded`; ``mesh=auto_mesh(mesh)`` avoids it).
 
     Args:
       make_model: a function of no arguments returning an ``nnx.Module``.

@@ -7,6 +7,7 @@ fails before anything is traced or compiled.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Iterable, Sequence
@@ -15,6 +16,7 @@ from typing import Any
 import jax
 from flax import nnx
 from flax.core import meta
+from flax.core import spmd as core_spmd
 from flax.linen import spmd as linen_spmd
 from flax.nnx import spmd as nnx_spmd
 from jax.sharding import NamedSharding
@@ -182,6 +184,91 @@ def _metadata_spec(wrapper: Any, logical_axis_rules: Any) -> P | None:
     return None
 
 
+def _rule_names(rules: Any) -> set[Any]:
+    try:
+        return {rule[0] for rule in rules or ()}
+    except (TypeError, IndexError):
+        return set()  # malformed rules: Flax's own error says so later
+
+
+def _entry_names(entry: Any) -> tuple[str, ...]:
+    if isinstance(entry, str):
+        return (entry,)
+    if isinstance(entry, (tuple, list)):
+        return tuple(e for e in entry if isinstance(e, str))
+    return ()
+
+
+def _unmapped_names(wrapper: Any, logical_axis_rules: Any, mesh_axes: set[str]) -> list[str]:
+    """The logical names of a Flax box or NNX Variable that map to no mesh axis.
+
+    Linen maps a ``LogicallyPartitioned`` box's names only through the rules (its
+    own, else ``logical_axis_rules``, else the active context): a name no rule
+    mentions is replicated, even one spelled like a mesh axis. NNX uses a name no
+    rule mentions as a mesh axis name as it is: it is unmapped if the mesh lacks it.
+    A rule mapping a name to None counts as mapped (replicated on purpose).
+    """
+    if isinstance(wrapper, linen_spmd.LogicallyPartitioned):
+        rules = wrapper.rules if wrapper.rules is not None else logical_axis_rules
+        if rules is None:
+            rules = linen_spmd.get_logical_axis_rules()
+        mapped = _rule_names(rules)
+        names = [n for entry in wrapper.names or () for n in _entry_names(entry)]
+        return [n for n in names if n not in mapped]
+    if isinstance(wrapper, nnx.Variable):
+        metadata = wrapper.get_metadata()
+        sharding = metadata.get("out_sharding")
+        if not sharding or not isinstance(sharding, (tuple, list)):
+            return []
+        rules = logical_axis_rules
+        if rules is None:
+            rules = core_spmd.get_logical_axis_rules()
+        mapped = _rule_names(rules) | _rule_names(metadata.get("sharding_rules"))
+        names = [n for entry in sharding for n in _entry_names(entry)]
+        return [n for n in names if n not in mapped and n not in mesh_axes]
+    return []
+
+
+def _quoted(names: Sequence[str]) -> str:
+    return ", ".join(repr(n) for n in names)
+
+
+def _raise_unmapped(
+    unmapped: dict[str, list[tuple[str, tuple[int, ...]]]], mesh: Any, logical_axis_rules: Any
+) -> None:
+    """One ``ValueError`` for every logical name that maps to no mesh axis."""
+    names = list(unmapped)
+    sizes = _mesh_sizes(mesh)
+    rules = logical_axis_rules
+    if rules is None:
+        rules = core_spmd.get_logical_axis_rules()
+    used = set()
+    for rule in rules or ():
+        with contextlib.suppress(TypeError, IndexError):
+            used.update(_entry_names(rule[1]))
+    # The example maps the names to the axes the given rules leave free, then None.
+    free = [a for a in sizes if a not in used]
+    example = ", ".join(
+        f"({n!r}, {free[i]!r})" if i < len(free) else f"({n!r}, None)" for i, n in enumerate(names)
+    )
+    where = "; ".join(
+        f"{n!r} in "
+        + ", ".join(f"{path!r} {shape}" for path, shape in leaves[:3])
+        + (f" and {len(leaves) - 3} more" if len(leaves) > 3 else "")
+        for n, leaves in unmapped.items()
+    )
+    many = len(names) > 1
+    raise ValueError(
+        f"logical axis name{'s' if many else ''} {_quoted(names)} map{'' if many else 's'} "
+        f"to no mesh axis: no logical_axis_rules entry names {'them' if many else 'it'}, so "
+        f"the dimensions {'they label' if many else 'it labels'} would be replicated "
+        f"({where}). Map each to an axis of the mesh "
+        f"({', '.join(f'{a}={n}' for a, n in sizes.items())}), or to None to replicate it "
+        f"on purpose, e.g. logical_axis_rules=[{example}] (or an active "
+        "nn.logical_axis_rules context)"
+    )
+
+
 def resolve_specs(
     flat: FlatTree,
     mesh: Any,
@@ -191,12 +278,26 @@ def resolve_specs(
     strict: bool = True,
 ) -> list[P]:
     """Per array leaf, its checked spec: a partition rule's, else the metadata's,
-    else replicated."""
+    else replicated.
+
+    With ``strict``, logical names in the metadata of leaves no partition rule
+    places must map to mesh axes (see :func:`_unmapped_names`); every such name is
+    listed in one ``ValueError``.
+    """
     from_rules = (
         rule_specs(flat, partition_rules, strict=strict)
         if partition_rules is not None
         else [None] * len(flat.infos)
     )
+    if strict:
+        mesh_axes = set(_mesh_sizes(mesh))
+        unmapped: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
+        for (o, _), info, spec in zip(flat.slots, flat.infos, from_rules, strict=True):
+            if spec is None:
+                for name in _unmapped_names(flat.outer[o], logical_axis_rules, mesh_axes):
+                    unmapped.setdefault(name, []).append((info.path, tuple(info.shape)))
+        if unmapped:
+            _raise_unmapped(unmapped, mesh, logical_axis_rules)
     specs = []
     for (o, _), info, spec in zip(flat.slots, flat.infos, from_rules, strict=True):
         source = "partition rule"
@@ -245,9 +346,10 @@ def partition_specs(
         tuple of axis names or None (replicated); first match wins.
       mesh: the mesh the specs are for (its axis names and sizes).
       logical_axis_rules: ``(logical_name, mesh_axes)`` pairs for logical metadata.
-      strict: raise ``ValueError`` for a rule that places no leaf and for a spec
-        whose mesh axes do not divide the leaf's dimension; with ``strict=False``
-        such a dimension is replicated instead.
+      strict: raise ``ValueError`` for a rule that places no leaf, for a spec
+        whose mesh axes do not divide the leaf's dimension, and for logical names
+        that map to no mesh axis; with ``strict=False`` such a dimension is
+        replicated instead.
 
     Returns:
       A tree with the structure of ``tree`` with a ``PartitionSpec`` in place of
@@ -258,6 +360,9 @@ def partition_specs(
       ValueError: a rule placed nothing, or a spec names an axis the mesh lacks,
         uses one twice, has more entries than the leaf has dims, or does not divide
         the shape; each message names the path, shape, spec and mesh axis sizes.
+        Logical names that no ``logical_axis_rules`` entry maps (Linen: any such
+        name; NNX: one that is not a mesh axis either) are listed together, with
+        the leaves they label and a mapping to start from.
       TypeError: a rule is not a ``(pattern, spec)`` pair.
 
     Example:
