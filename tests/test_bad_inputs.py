@@ -1,0 +1,208 @@
+"""The catalogue of bad inputs (issue 15, "No silent wrong result"): each case is a
+mistake a user can make, and the clear error it must raise instead of a silently wrong
+result or an error that blames something else.
+
+To add a case, append a ``Case(description, call, error, fragment)`` to ``CASES``:
+``call`` takes no arguments and makes the mistake; ``error`` is the exception type
+expected (``ValueError``/``TypeError``); ``fragment`` is a plain substring (not a regex)
+the message must contain, naming the argument, path, shape or dtype and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+import flaxinit as fi
+from flaxinit.models import NNXLSTMClassifier
+from flaxinit.recipes import lstm
+from flaxinit.rules import merge_pretrained
+from flaxinit.sharding import init_sharded, nnx_init_sharded, partition_specs
+
+
+class Case(NamedTuple):
+    description: str
+    call: Callable[[], object]
+    error: type[Exception]
+    fragment: str
+
+
+KEY = jax.random.key(0)
+X = jnp.ones((1, 4))
+
+
+def _mesh():
+    return jax.make_mesh((2, 4), ("data", "model"))
+
+
+def _logical_mlp():
+    init = nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "mlp"))
+    return nn.Dense(8, kernel_init=init)
+
+
+def _nnx_logical():
+    return nnx.Linear(4, 8, kernel_metadata={"out_sharding": ("embed", "mlp")}, rngs=nnx.Rngs(0))
+
+
+def _width_mismatch():
+    def tree(width):
+        return {"params": {f"block_{i:02d}": {"kernel": jnp.zeros((width, 4))} for i in range(30)}}
+
+    return merge_pretrained(tree(8), tree(16))
+
+
+def _nnx_fused_lstm():
+    return NNXLSTMClassifier(3, hidden=4, cell="optimized", rngs=nnx.Rngs(0))
+
+
+CASES = [
+    # Item 5: logical partitioning names that map to no mesh axis.
+    Case(
+        "init_sharded: Linen logical names without logical_axis_rules",
+        lambda: init_sharded(_logical_mlp(), KEY, X, mesh=_mesh()),
+        ValueError,
+        "logical_axis_rules=[('embed', 'data'), ('mlp', 'model')]",
+    ),
+    Case(
+        "init_sharded: a Linen logical name the rules leave out",
+        lambda: init_sharded(
+            _logical_mlp(), KEY, X, mesh=_mesh(), logical_axis_rules=[("embed", "data")]
+        ),
+        ValueError,
+        "logical axis name 'mlp' maps to no mesh axis",
+    ),
+    Case(
+        "partition_specs: Linen logical names without rules",
+        lambda: partition_specs(jax.eval_shape(_logical_mlp().init, KEY, X), mesh=_mesh()),
+        ValueError,
+        "'params/kernel' (4, 8)",
+    ),
+    Case(
+        "nnx_init_sharded: NNX out_sharding names that are neither mapped nor mesh axes",
+        lambda: nnx_init_sharded(_nnx_logical, mesh=_mesh()),
+        ValueError,
+        "logical axis names 'embed', 'mlp' map to no mesh axis",
+    ),
+    # Item 6: a factory handed over uncalled.
+    Case(
+        "Linen kernel_init=fi.he_normal (not called)",
+        lambda: nn.Dense(4, kernel_init=fi.he_normal).init(KEY, X),
+        TypeError,
+        "did you mean fi.he_normal()?",
+    ),
+    Case(
+        "Linen kernel_init=fi.orthogonal with a legacy PRNGKey",
+        lambda: nn.Dense(4, kernel_init=fi.orthogonal).init(jax.random.PRNGKey(0), X),
+        TypeError,
+        "did you mean fi.orthogonal()?",
+    ),
+    Case(
+        "NNX kernel_init=fi.kaiming_uniform (not called)",
+        lambda: nnx.Linear(4, 4, kernel_init=fi.kaiming_uniform, rngs=nnx.Rngs(0)),
+        TypeError,
+        "did you mean fi.kaiming_uniform()?",
+    ),
+    Case(
+        "rule action ('kernel', fi.he_normal) (not called)",
+        lambda: fi.apply_rules({"kernel": jnp.zeros((4, 4))}, [("kernel", fi.he_normal)], key=KEY),
+        TypeError,
+        "did you mean fi.he_normal()?",
+    ),
+    Case(
+        "rule action ('kernel', fi.variance_scaling) without key=",
+        lambda: fi.apply_rules({"kernel": jnp.zeros((4, 4))}, [("kernel", fi.variance_scaling)]),
+        TypeError,
+        "did you mean fi.variance_scaling(...)?",
+    ),
+    Case(
+        "bias_init=fi.constant (not called)",
+        lambda: nn.Dense(4, bias_init=fi.constant).init(KEY, X),
+        TypeError,
+        "did you mean fi.constant(...)?",
+    ),
+    # Item 7: jax-style positional calls of the PyTorch-named factories, and gain=0.
+    Case(
+        "fi.xavier_uniform(0): jax's in_axis=0, here it would be gain=0",
+        lambda: fi.xavier_uniform(0),
+        TypeError,
+        "xavier_uniform() takes keyword arguments only",
+    ),
+    Case(
+        "fi.xavier_normal(1.0) positional",
+        lambda: fi.xavier_normal(1.0),
+        TypeError,
+        "fi.xavier_normal(in_axis=...)",
+    ),
+    Case(
+        "fi.kaiming_uniform(math.sqrt(5)) positional",
+        lambda: fi.kaiming_uniform(math.sqrt(5)),
+        TypeError,
+        "fi.kaiming_uniform(a=...)",
+    ),
+    Case(
+        "fi.kaiming_normal(0, 1): jax's in_axis=0, out_axis=1",
+        lambda: fi.kaiming_normal(0, 1),
+        TypeError,
+        "jax.nn.initializers.kaiming_normal is he_normal",
+    ),
+    Case(
+        "fi.xavier_uniform(gain=0): every weight zero",
+        lambda: fi.xavier_uniform(gain=0),
+        ValueError,
+        "allow_zero=True",
+    ),
+    Case(
+        "fi.xavier_normal(gain=0.0): every weight zero",
+        lambda: fi.xavier_normal(gain=0.0),
+        ValueError,
+        "xavier_normal: gain=0",
+    ),
+    Case(
+        "fi.orthogonal(1.0, -1, 0, jnp.float32): batch_axis is keyword-only",
+        lambda: fi.orthogonal(1.0, -1, 0, jnp.float32),
+        TypeError,
+        "pass the others by keyword (batch_axis)",
+    ),
+    # Item 13: a width mismatch in merge_pretrained names a few paths and counts the rest.
+    Case(
+        "merge_pretrained: width mismatch at 30 leaves",
+        _width_mismatch,
+        ValueError,
+        "'params/block_04/kernel': fresh (8, 4) vs pretrained (16, 4); and 25 more",
+    ),
+    # Item 14: the per-gate LSTM recipe on NNX's fused OptimizedLSTMCell.
+    Case(
+        "recipes.lstm() on an NNX OptimizedLSTMCell without fused=True",
+        lambda: fi.apply_rules(_nnx_fused_lstm(), lstm(), key=KEY),
+        ValueError,
+        "Use lstm(fused=True)",
+    ),
+    Case(
+        "recipes.lstm() on an NNX OptimizedLSTMCell, strict=False",
+        lambda: fi.apply_rules(_nnx_fused_lstm(), lstm(), key=KEY, strict=False),
+        ValueError,
+        "lstm(fused=True)",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.description for c in CASES])
+def test_bad_input_raises_clearly(case):
+    with pytest.raises(case.error) as info:
+        case.call()
+    assert case.fragment in str(info.value), str(info.value)
+
+
+def test_cases_are_well_formed():
+    descriptions = [c.description for c in CASES]
+    assert len(descriptions) == len(set(descriptions)), "descriptions must be unique"
+    for case in CASES:
+        assert issubclass(case.error, Exception)
+        assert case.fragment, case.description
