@@ -28,7 +28,8 @@ Patterns = str | Pattern | Sequence[str | Pattern] | None
 Rules = list[tuple[str, Any]]
 
 # Default patterns. Each selects by role when ``apply_rules(..., structure=)`` is
-# given (see :mod:`flaxinit.structure`), else by the stock Flax names:
+# given (see :mod:`flaxinit.structure`), else by the stock Flax names; with a
+# structure, biases, norms and an untied head may be absent (optional):
 # MultiHeadDotProductAttention / MultiHeadAttention, Embed, LayerNorm/BatchNorm/
 # RMSNorm and the zoo's MLP block.
 # A norm module: a name containing "norm"/"Norm" (LayerNorm_0, BatchNorm_1, RMSNorm_0,
@@ -41,12 +42,12 @@ ATTN_OUT = role_pattern("attention_out", "out/kernel")
 MLP_IN = role_pattern("mlp_in", "fc1/kernel")
 MLP_OUT = role_pattern("mlp_out", "fc2/kernel")
 EMBEDDING = role_pattern("embedding", "embedding")
-HEAD = role_pattern("readout", "head/kernel")
+HEAD = role_pattern("readout", "head/kernel", optional=True)
 HEAD_BIAS = "head/bias"
 KERNEL = role_pattern("kernel", "kernel")
-BIAS = role_pattern("bias", "bias")
-NORM_SCALE = role_pattern("norm_scale", rf"re:(?:.*/)?{_NORM}/scale")
-NORM_BIAS = role_pattern("norm_bias", rf"re:(?:.*/)?{_NORM}/bias")
+BIAS = role_pattern("bias", "bias", optional=True)
+NORM_SCALE = role_pattern("norm_scale", rf"re:(?:.*/)?{_NORM}/scale", optional=True)
+NORM_BIAS = role_pattern("norm_bias", rf"re:(?:.*/)?{_NORM}/bias", optional=True)
 
 
 class NormGain:

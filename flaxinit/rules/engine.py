@@ -217,6 +217,8 @@ def unmatched(
         if r.index in used:
             continue
         pattern = r.pattern
+        if pattern.role is not None and structure is not None and pattern.optional:
+            continue
         if pattern.role is not None and structure is not None:
             present = tuple(dict.fromkeys(role for leaf in structure.leaves for role in leaf.roles))
             out.append(UnmatchedRule(r.index, pattern.source, present, True, pattern.origin))

@@ -44,6 +44,7 @@ class Pattern:
     fallback: tuple[Pattern, ...] = ()
     origin: str | None = dataclasses.field(default=None, compare=False)
     within: Pattern | None = None
+    optional: bool = False
 
     def under(self, prefix: str) -> Pattern:
         """This pattern restricted to leaves under ``prefix`` (a glob of segments):
@@ -175,11 +176,13 @@ def role_needs_structure(source: str) -> str:
     )
 
 
-def role_pattern(role: str, fallback: Any = ()) -> Pattern:
+def role_pattern(role: str, fallback: Any = (), *, optional: bool = False) -> Pattern:
     """A ``@role`` selector; ``fallback`` path patterns are used without a structure.
 
     Recipes build their defaults this way: with ``structure=`` the rule selects by
-    role, without it by the stock Flax names it always used.
+    role, without it by the stock Flax names it always used. An ``optional`` role
+    may be absent from a model (biases in a bias-free model, the readout of a tied
+    embedding): with a structure, matching nothing is then not an error.
 
     Example:
       >>> role_pattern("mlp_out", "fc2/kernel")
@@ -192,7 +195,7 @@ def role_pattern(role: str, fallback: Any = ()) -> Pattern:
     compiled = tuple(compile_pattern(p) for p in items)
     if any(p.role is not None for p in compiled):
         raise ValueError(f"role_pattern: a fallback must be a path pattern, got {fallback!r}")
-    return Pattern(ROLE_PREFIX + role, None, False, role, compiled)
+    return Pattern(ROLE_PREFIX + role, None, False, role, compiled, optional=optional)
 
 
 @functools.lru_cache(maxsize=4096)
