@@ -63,6 +63,7 @@ from flaxinit.rules import (
     scale,
 )
 from flaxinit.sharding import init_sharded, nnx_init_sharded, partition_specs
+from flaxinit.structure import LeafStructure, ModelStructure, model_structure
 
 __version__ = "0.1.0"
 
@@ -74,6 +75,8 @@ __all__ = [
     "Initializer",
     "LSUVReport",
     "LayerFit",
+    "LeafStructure",
+    "ModelStructure",
     "RuleContext",
     "RulesReport",
     "Thresholds",
@@ -104,6 +107,7 @@ __all__ = [
     "lecun_uniform",
     "lsuv",
     "merge_pretrained",
+    "model_structure",
     "models",
     "nnx_init_sharded",
     "normal",

@@ -133,7 +133,7 @@ class ModelStructure(collections.abc.Mapping):
                 layer = f"stack@{leaf.layer_axis}"
             role = "+".join(leaf.roles) if len(leaf.roles) > 1 else leaf.role
             if leaf.norm_offset:
-                role += f" (1{leaf.norm_offset:+g}*x)"
+                role += f" ({leaf.norm_offset:g} + scale)"
             axes = (
                 f"in{list(leaf.fan_in_axes)} out{list(leaf.fan_out_axes)}"
                 + (f" batch{list(leaf.batch_axes)}" if leaf.batch_axes else "")
