@@ -44,7 +44,8 @@ def expect(s: ModelStructure, path: str, role: str, fan_in=None, fan_out=None, b
 
 def test_gemma_einsum_layouts_and_offset_norms():
     s = structure_of("gemma_like")
-    assert s.api == "nnx" and s.num_layers == lm.LAYERS
+    assert s.api == "nnx"
+    assert s.num_layers == lm.LAYERS
     for i in range(lm.LAYERS):
         p = f"layers/{i}"
         # q: 'BTD,NDH->BTNH' on (heads, d, head_dim): contracts d (axis 1).
@@ -55,7 +56,8 @@ def test_gemma_einsum_layouts_and_offset_norms():
         assert kv.roles == ("attention_key", "attention_value")
         # out: 'BTNH,NHD->BTD' contracts heads and head_dim.
         out = expect(s, f"{p}/attn/attn_vec_einsum/w", "attention_out", (0, 1), (2,), ())
-        assert out.residual_output and out.layer == i
+        assert out.residual_output
+        assert out.layer == i
         # gated MLP: (2, d, ff) indexed into gate and up; (ff, d) back.
         expect(s, f"{p}/mlp/gating_einsum", "mlp_in", (1,), (2,), (0,))
         assert expect(s, f"{p}/mlp/linear", "mlp_out", (0,), (1,), ()).residual_output
@@ -117,7 +119,8 @@ def test_moe_expert_axis_is_a_batch_axis():
         # 'BTD,EDF->BTEF': E passes through, then 'BTEF,EFD->BTED' batches it.
         wi = expect(s, f"{b}/moe/wi", "mlp_in", (1,), (2,), (0,))
         wo = expect(s, f"{b}/moe/wo", "mlp_out", (1,), (2,), (0,))
-        assert wo.residual_output and not wi.residual_output
+        assert wo.residual_output
+        assert not wi.residual_output
         expect(s, f"{b}/moe/router/kernel", "dense", (0,), (1,))
         # The router's softmax weights must not make the next block's q/k/v look like
         # attention outputs.
@@ -139,7 +142,9 @@ def test_scanned_stacks_are_followed_per_layer(name, prefix):
     attn = "self_attention" if name == "maxtext_like" else "attn"
     q = expect(s, f"{prefix}/{attn}/query/kernel", "attention_query", (1,), (2, 3), (0,))
     out = expect(s, f"{prefix}/{attn}/out/kernel", "attention_out", (1, 2), (3,), (0,))
-    assert q.layer_axis == 0 and q.layer is None and out.residual_output
+    assert q.layer_axis == 0
+    assert q.layer is None
+    assert out.residual_output
     if name == "maxtext_like":
         for w in ("wi_0", "wi_1"):
             expect(s, f"{prefix}/mlp/{w}/kernel", "mlp_in", (1,), (2,), (0,))
@@ -179,7 +184,8 @@ def test_zoo_models():
     assert lstm["params/rnn_0/cell/hi/kernel"].role == "dense"  # not a residual MLP
     rezero = model_structure(models.ResNet(gate="rezero"), jnp.zeros((1, 8, 8, 3)), train=False)
     alpha = rezero["params/blocks_0/alpha"]
-    assert alpha.role == "other" and "ReZero" in alpha.reason
+    assert alpha.role == "other"
+    assert "ReZero" in alpha.reason
 
 
 def test_plain_mlp_and_unknowns_are_other_with_a_reason():
@@ -196,8 +202,10 @@ def test_plain_mlp_and_unknowns_are_other_with_a_reason():
     s = model_structure(Gated(), jnp.ones((2, 4)))
     assert s["params/hidden/kernel"].role == "dense"
     assert s["params/head/kernel"].role == "readout"
-    assert s["params/gain"].role == "other" and "no normalization" in s["params/gain"].reason
-    assert s["params/unused"].role == "other" and "not used" in s["params/unused"].reason
+    assert s["params/gain"].role == "other"
+    assert "no normalization" in s["params/gain"].reason
+    assert s["params/unused"].role == "other"
+    assert "not used" in s["params/unused"].reason
     assert all(leaf.role in ROLES for leaf in s.values())
 
 
@@ -219,7 +227,8 @@ def test_abstract_and_real_variables_agree():
 def test_report_table_and_lookup():
     s = structure_of("gemma_like")
     text = str(s)
-    assert "attention_key+attention_value" in text and "norm_scale (1 + scale)" in text
+    assert "attention_key+attention_value" in text
+    assert "norm_scale (1 + scale)" in text
     assert "in[1] out[0, 2]" in text
     assert s.by_role()["attention_value"] == [p for p in s if "kv_einsum" in p]
     assert s.select("norm_scale:residual") == []
@@ -231,7 +240,7 @@ def test_report_table_and_lookup():
 
 def test_bad_inputs():
     case = CASES["lm1b_like"]()
-    with pytest.raises(TypeError, match="flax.linen.Module or an nnx.Module"):
+    with pytest.raises(TypeError, match=r"flax\.linen\.Module or an nnx\.Module"):
         model_structure(lambda x: x, jnp.ones(3))
     with pytest.raises(Exception, match=r"fi.model_structure") as info:
         model_structure(case.model, jnp.ones((2, 3, 4, 5)), **case.kwargs)
