@@ -49,6 +49,8 @@ class ActivationRecord:
         is ``|tanh| > 0.99``, where the slope is below 0.02. ``None`` otherwise.
       grad_rms: ``sqrt(mean(g**2))`` with ``g = dLoss/dy`` (scaled like ``std``): the
         backward signal that reaches this output. ``None`` without a loss.
+      embedding: the layer is an embedding (``nn.Embed``, ``nnx.Embed`` or a subclass):
+        its output is its table's scale, so depth comparisons leave it out.
     """
 
     path: str = dataclasses.field(metadata={"static": True})
@@ -65,6 +67,7 @@ class ActivationRecord:
     dead_fraction: Any
     saturated_fraction: Any
     grad_rms: Any
+    embedding: bool = dataclasses.field(default=False, metadata={"static": True})
 
 
 def l2_norm(x: jax.Array) -> jax.Array:
@@ -137,6 +140,7 @@ def site_row(
         "module": site.module,
         "activation": None if nl is None else nl.name,
         "shape": tuple(y.shape),
+        "embedding": site.embedding,
     }
     numeric = {
         "mean": mean,

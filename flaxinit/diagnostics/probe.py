@@ -170,6 +170,7 @@ class Site:
     kind: str  # "linear" | "activation"
     module: str
     nonlinearity: Nonlinearity | None
+    embedding: bool = False
 
 
 def _site(module: Any, path: str) -> Site | None:
@@ -177,7 +178,9 @@ def _site(module: Any, path: str) -> Site | None:
     if isinstance(module, (Activation, NNXActivation)):
         return Site(path or name, "activation", name, nonlinearity(module.fn))
     if isinstance(module, LINEN_LINEAR + NNX_LINEAR):
-        return Site(path or name, "linear", name, None)
+        # Any Embed subclass (a Gemma-style Embedder) is a lookup, not a layer of depth.
+        embedding = isinstance(module, (nn.Embed, nnx.Embed))
+        return Site(path or name, "linear", name, None, embedding)
     return None
 
 

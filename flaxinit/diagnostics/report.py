@@ -13,7 +13,7 @@ import jax
 from flaxinit.diagnostics import probe, records
 from flaxinit.diagnostics.activations import ActivationRecord, activation_records
 from flaxinit.diagnostics.gradients import GradientRecord, gradient_records
-from flaxinit.diagnostics.weights import WeightRecord, weight_records
+from flaxinit.diagnostics.weights import WeightRecord, structure_layouts, weight_records
 
 SEVERITIES = ("info", "warning", "error")
 
@@ -137,8 +137,24 @@ def _target_gain(name: str | None) -> tuple[float, str]:
     return 1.0, "lecun_normal"
 
 
-def _scale_fix(direction: str, act: str | None, gain: float | None) -> str:
-    """Advice for a drifting signal, from the nonlinearity and the weights' measured gain."""
+def _named(weights: Sequence[WeightRecord], keep: Callable[[float], bool]) -> str:
+    """`` (path gain, ...)``: the weights whose gain ``keep`` selects, the first three."""
+    hit = [w for w in weights if math.isfinite(w.gain) and keep(w.gain)]
+    if not hit:
+        return ""
+    shown = ", ".join(f"{w.path} {w.gain:.2g}" for w in hit[:3])
+    more = f" and {len(hit) - 3} more" if len(hit) > 3 else ""
+    return f" (layers: {shown}{more})"
+
+
+def _scale_fix(
+    direction: str,
+    act: str | None,
+    gain: float | None,
+    weights: Sequence[WeightRecord] = (),
+) -> str:
+    """Advice for a drifting signal, from the nonlinearity and the weights' measured gain
+    (the median); the layers whose own gain is off are named."""
     target, inits = _target_gain(act)
     what = f"a {act} net" if act else "this net"
     if gain is None or not math.isfinite(gain):
@@ -148,14 +164,17 @@ def _scale_fix(direction: str, act: str | None, gain: float | None) -> str:
         return f"the weights have zero spread (zero or constant init): use a random init, {inits}"
     measured = f"weights have std*sqrt(fan_in) = {gain:.2g}"
     if direction == "vanish" and _family(act) == "rectifier" and 0.8 <= gain <= 1.25:
+        names = _named(weights, lambda g: g < 0.8 * target)
         return (
-            f"{measured} (Xavier/LeCun scale); a ReLU layer halves the signal's second "
-            f"moment, so {what} needs {target:.2g}: try {inits}"
+            f"{measured} (Xavier/LeCun scale){names}; a ReLU layer halves the signal's "
+            f"second moment, so {what} needs {target:.2g}: try {inits}"
         )
     if direction == "vanish" and gain < 0.8 * target:
-        return f"{measured}, too small for {what} (wants about {target:.2g}): try {inits}"
+        names = _named(weights, lambda g: g < 0.8 * target)
+        return f"{measured}{names}, too small for {what} (wants about {target:.2g}): try {inits}"
     if direction == "explode" and gain > 1.25 * target:
-        return f"{measured}, too large for {what} (wants about {target:.2g}): try {inits}"
+        names = _named(weights, lambda g: g > 1.25 * target)
+        return f"{measured}{names}, too large for {what} (wants about {target:.2g}): try {inits}"
     return (
         f"{measured}, about right for {what}, so the cause is elsewhere (biases, the input's "
         "scale, skip connections, normalization): rescale each layer on data (LSUV), or "
@@ -230,7 +249,7 @@ def depth_profile(activations: Sequence[ActivationRecord]) -> tuple[ActivationRe
       gradient at its output is set by the loss, and its shape (e.g. 256 -> 10) scales
       the gradient below it by ``sqrt(fan_out / fan_in)`` whatever the init.
     """
-    layers = [r for r in activations if r.kind == "linear" and r.module != "Embed"]
+    layers = [r for r in activations if r.kind == "linear" and not r.embedding]
     return tuple(layers[:-1] if len(layers) >= 3 else layers)
 
 
@@ -254,7 +273,8 @@ def findings(
     act = max(set(names), key=names.count) if names else None
     gains = [w.gain for w in weights if w.rows > 1 and w.cols > 1 and math.isfinite(w.gain)]
     gain = statistics.median(gains) if gains else None
-    fix = lambda direction: _scale_fix(direction, act, gain)
+    matrices = [w for w in weights if w.rows > 1 and w.cols > 1]
+    fix = lambda direction: _scale_fix(direction, act, gain, matrices)
 
     bad = [r for r in activations if not all(map(math.isfinite, (r.std, r.grad_rms or 0.0)))]
     if bad:
@@ -330,7 +350,7 @@ def findings(
             f"their outputs saturated (beyond {th.saturation_level:g} of the range), up to "
             f"{worst.saturated_fraction:.0%} at layer {worst.depth} ({worst.path}). The "
             "slope there is ~0, so little gradient passes",
-            f"the pre-activations are too large; {_scale_fix('explode', act, gain)}",
+            f"the pre-activations are too large; {fix('explode')}",
         )
 
     def dead(severity, hit, worst):
@@ -538,12 +558,13 @@ class HealthReport:
         return dataclasses.asdict(self)
 
 
-@jax.jit(static_argnums=(0, 1, 2, 3))
-def _report_pass(spec, gradients, level, duplicate_tol, dynamic, x, labels):
+@jax.jit(static_argnums=(0, 1, 2, 3, 4))
+def _report_pass(spec, gradients, level, duplicate_tol, layouts, dynamic, x, labels):
     capture = probe.run(spec, dynamic, x, labels, gradients=gradients)
     acts = activation_records(capture, level)
     grads = gradient_records(capture) if gradients else records.pack(GradientRecord, [])
-    return acts, grads, weight_records(capture.params, duplicate_tol, capture.modules)
+    weights = weight_records(capture.params, duplicate_tol, capture.modules, layouts=layouts)
+    return acts, grads, weights
 
 
 def health_report(
@@ -556,6 +577,7 @@ def health_report(
     loss_fn: Callable[[Any, Any], jax.Array] | None = None,
     thresholds: Thresholds | None = None,
     call_kwargs: Mapping[str, Any] | None = None,
+    structure: Any = None,
 ) -> HealthReport:
     """Activations, gradients and weights of a model on a batch, in one jitted pass, and findings.
 
@@ -570,7 +592,10 @@ def health_report(
     Each finding explains the measurement and suggests a fix, using the nonlinearity and
     the weights' measured ``std * sqrt(fan_in)``. The thresholds are in
     :class:`Thresholds`. The arguments are those of :func:`activation_stats`. Without
-    ``labels`` or ``loss_fn`` there is no backward pass and no gradient findings.
+    ``labels`` or ``loss_fn`` there is no backward pass and no gradient findings. With
+    ``structure=fi.model_structure(model, x)`` the weights are the model's kernels on
+    their true fan axes (see :func:`weight_stats`), so Einsum and attention kernels
+    get the right ``std * sqrt(fan_in)``.
 
     Example:
       >>> from flaxinit.diagnostics import MLP, digits, health_report
@@ -587,7 +612,14 @@ def health_report(
     gradients = probe.has_loss(probe.unwrap(spec), labels)
     with probe.blas_single_threaded():
         packed = _report_pass(
-            spec, gradients, th.saturation_level, th.duplicate_tol, dynamic, x, labels
+            spec,
+            gradients,
+            th.saturation_level,
+            th.duplicate_tol,
+            structure_layouts(structure),
+            dynamic,
+            x,
+            labels,
         )
         acts, grads, weights = (records.unpack(p) for p in packed)
     return HealthReport(

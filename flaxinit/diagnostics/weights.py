@@ -137,8 +137,48 @@ def is_weight(path: str, leaf: Any) -> bool:
     )
 
 
+Layouts = tuple[tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ...]], ...]
+
+
+def structure_layouts(structure: Any) -> Layouts:
+    """``(path, fan_in_axes, fan_out_axes, batch_axes)`` of every kernel a model
+    structure knows (the linear roles; embeddings and other leaves are not weight
+    matrices of depth), hashable for a jit's static argument."""
+    if structure is None:
+        return ()
+    from flaxinit.structure import LINEAR_ROLES, ModelStructure
+
+    if not isinstance(structure, ModelStructure):
+        raise TypeError(
+            "structure must be a ModelStructure from fi.model_structure(model, *inputs), "
+            f"got {type(structure).__name__}"
+        )
+    return tuple(
+        (leaf.path, leaf.fan_in_axes, leaf.fan_out_axes, leaf.batch_axes)
+        for leaf in structure.values()
+        if leaf.role in LINEAR_ROLES and leaf.fan_in_axes and leaf.fan_out_axes
+    )
+
+
+def _structural_matrices(path: str, p: Any, layout: Any) -> list[tuple[str, Any]]:
+    """The leaf as ``(fan_in, fan_out)`` matrices, one per index of its batch axes."""
+    _, ins, outs, batch = layout
+    moved = jnp.transpose(p, (*batch, *ins, *outs))
+    rows = math.prod(p.shape[a] for a in ins)
+    cols = math.prod(p.shape[a] for a in outs)
+    count = math.prod(p.shape[a] for a in batch)
+    stack = moved.reshape(count, rows, cols)
+    if not batch:
+        return [(path, stack[0])]
+    return [(f"{path}[{i}]", stack[i]) for i in range(count)]
+
+
 def weight_records(
-    params: Any, duplicate_tol: float, modules: Sequence[str] = (), stacked: Sequence[str] = ()
+    params: Any,
+    duplicate_tol: float,
+    modules: Sequence[str] = (),
+    stacked: Sequence[str] = (),
+    layouts: Layouts = (),
 ) -> records.Packed:
     """The records of every weight (see :func:`is_weight`), packed; call inside a trace.
 
@@ -152,8 +192,15 @@ def weight_records(
     patterns = [compile_pattern(pattern) for pattern in stacked]
     used = [False] * len(patterns)
     leaves = []
+    by_path = {layout[0]: layout for layout in layouts}
     for kp, p in jax.tree_util.tree_flatten_with_path(params)[0]:
         path = probe.path_str(kp)
+        if layouts:
+            # The model's computation says which leaves are kernels and on which axes.
+            layout = by_path.get(path) or by_path.get("params/" + path)
+            if layout is not None and jnp.issubdtype(p.dtype, jnp.floating):
+                leaves += _structural_matrices(path, p, layout)
+            continue
         if not is_weight(path, p):
             continue
         hit = [n for n, pattern in enumerate(patterns) if pattern.matches(path)]
@@ -208,9 +255,9 @@ def weight_records(
     return records.Packed(WeightRecord, statics, present, values)
 
 
-@jax.jit(static_argnums=(1, 2))
-def _weight_pass(params, duplicate_tol, stacked):
-    return weight_records(params, duplicate_tol, stacked=stacked)
+@jax.jit(static_argnums=(1, 2, 3))
+def _weight_pass(params, duplicate_tol, stacked, layouts):
+    return weight_records(params, duplicate_tol, stacked=stacked, layouts=layouts)
 
 
 def weight_stats(
@@ -218,6 +265,7 @@ def weight_stats(
     *,
     duplicate_tol: float = DEFAULT_DUPLICATE_TOL,
     stacked: str | Sequence[str] | None = None,
+    structure: Any = None,
 ) -> tuple[WeightRecord, ...]:
     """Per weight matrix: mean, std, ``std * sqrt(fan_in)``, singular values, rank, duplicates.
 
@@ -236,6 +284,12 @@ def weight_stats(
         ``"**/blocks/**"``): each layer gets its own record, ``path[i]``, instead of one
         record for the stack folded into a single matrix. A pattern that matches no
         weight, or matches one with fewer than 3 axes, raises ``ValueError``.
+      structure: a :class:`~flaxinit.structure.ModelStructure` of the model. The
+        weights are then its kernels (the linear roles), each viewed as the matrix
+        ``(fan_in, fan_out)`` of the axes the model contracts and carries, one record
+        per index of its batch axes (layers of a scanned stack, experts, the parts of a
+        fused projection): a Gemma-style ``(heads, d, head_dim)`` query kernel is a
+        ``(d, heads * head_dim)`` matrix, so ``gain`` is ``std * sqrt(d)``.
 
     Returns:
       A tuple of :class:`WeightRecord`, ordered by path with numbers compared as numbers.
@@ -262,5 +316,8 @@ def weight_stats(
                 f"weight_stats: stacked patterns must be strings, got {type(pattern).__name__}"
             )
         compile_pattern(pattern)  # a malformed pattern fails here, not inside the trace
+    layouts = structure_layouts(structure)
+    if layouts and stacked:
+        raise ValueError("weight_stats: pass stacked= or structure=, not both")
     with probe.blas_single_threaded():
-        return records.unpack(_weight_pass(tree, float(duplicate_tol), stacked))
+        return records.unpack(_weight_pass(tree, float(duplicate_tol), stacked, layouts))
