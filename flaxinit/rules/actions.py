@@ -591,6 +591,7 @@ class PerLayer(Action):
 
     action: Action
     axis: int | None = 0
+    explicit: bool = False
 
     @property
     def needs_key(self) -> bool:  # type: ignore[override]
@@ -606,13 +607,21 @@ class PerLayer(Action):
         return self.action(key, leaf, ctx)
 
 
-def per_layer(action: Any, axis: int | None = 0) -> Action:
-    """Runs ``action`` once per slice of ``axis``, a stacked-layer axis.
+_DEFAULT_AXIS: Any = object()
+
+
+def per_layer(action: Any, axis: int | None = _DEFAULT_AXIS) -> Action:
+    """Runs ``action`` once per slice of ``axis``, a stacked-layer axis (default 0).
 
     Leaves whose partition names contain ``'layers'`` (``nn.scan`` with
     ``metadata_params={nn.PARTITION_NAME: 'layers'}``, ``nnx.vmap`` with
     ``transform_metadata={nnx.PARTITION_NAME: 'layers'}``) are stacked already;
     ``per_layer`` declares it for unannotated stacks, and ``axis=None`` turns it off.
+    Without ``axis=``, a leaf is only taken for a stack when something says so: its
+    partition names, ``structure=`` (the stack axis read from the computation), or
+    its module's leaves all having the same length on axis 0 (a scanned block's
+    kernel and bias); otherwise ``apply_rules`` raises naming the leaf, rather than
+    treat a ``(64, 10)`` head's rows as 64 layers. ``axis=0`` says it outright.
     A leaf whose path carries a layer index (``layers_3/...``, ``blocks/3/...``) is
     one layer already and gets ``action`` as is, so the same rules serve a stacked
     and an unrolled model.
@@ -623,9 +632,12 @@ def per_layer(action: Any, axis: int | None = 0) -> Action:
       >>> from flaxinit.initializers import normal
       >>> rules = [("/params/layers/**/kernel", per_layer(reinit(normal(0.02))))]
     """
+    explicit = axis is not _DEFAULT_AXIS
+    if not explicit:
+        axis = 0
     if axis is not None and (isinstance(axis, bool) or not isinstance(axis, numbers.Integral)):
         raise TypeError(f"per_layer: axis must be an int or None, got {axis!r}")
-    return PerLayer(to_action(action), None if axis is None else int(axis))
+    return PerLayer(to_action(action), None if axis is None else int(axis), explicit)
 
 
 @dataclasses.dataclass(frozen=True, repr=False)

@@ -448,7 +448,52 @@ def make_plan(
     flat = flatten_tree(tree)
     view = view_structure(structure, flat.infos)
     hits = match_rules(compiled, flat.infos, view)
+    _check_stacks(flat.infos, hits, view)
     return Plan(flat, compiled, hits, _Layers(flat.infos, hits, opts, view))
+
+
+def _check_stacks(
+    infos: Sequence[LeafInfo], hits: Sequence[Sequence[Rule]], structure: StructureView | None
+) -> None:
+    """Raises where a ``per_layer`` without ``axis=`` would slice a leaf that nothing
+    says is a stack of layers (see :func:`flaxinit.rules.per_layer`)."""
+    modules: dict[str, list[LeafInfo]] = {}
+    for info in infos:
+        modules.setdefault(info.path.rpartition("/")[0], []).append(info)
+    for n, (info, leaf_rules) in enumerate(zip(infos, hits, strict=True)):
+        for rule in leaf_rules:
+            action = rule.value
+            if not isinstance(action, PerLayer) or action.explicit or info.layer is not None:
+                continue
+            what = (
+                f"rule {rule.index} ({rule.pattern.source!r}, {action!r}) takes the leaf at "
+                f"{info.path!r} of shape {info.shape} for a stack of layers along axis 0"
+            )
+            if structure is not None:
+                layer_axis = structure.leaves[n].layer_axis
+                if layer_axis == 0:
+                    continue
+                raise ValueError(
+                    f"{what}, but the model's computation "
+                    + (
+                        "uses it whole (it is not scanned)"
+                        if layer_axis is None
+                        else f"stacks it along axis {layer_axis}"
+                    )
+                    + "; name the axis with per_layer(..., axis=) or narrow the pattern"
+                )
+            if info.stacked_axis is not None or not info.shape:
+                continue
+            siblings = modules[info.path.rpartition("/")[0]]
+            if all(s.shape and s.shape[0] == info.shape[0] for s in siblings):
+                continue
+            others = ", ".join(f"{s.path} {s.shape}" for s in siblings if s is not info)
+            raise ValueError(
+                f"{what}, but nothing says it is one: no 'layers' partition name, no layer "
+                f"index in its path, and its module's other leaves ({others}) do not share "
+                "that length. If it is a stack, say so with per_layer(..., axis=0) (or pass "
+                "structure=fi.model_structure(...)); otherwise narrow the pattern"
+            )
 
 
 # --------------------------------------------------------------------------- keys

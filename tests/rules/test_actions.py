@@ -227,3 +227,16 @@ def test_reprs():
         return leaf
 
     assert repr(to_action(zero_last)) == "zero_last"
+
+
+def test_per_layer_refuses_a_leaf_nothing_says_is_a_stack():
+    tree = {"head": {"kernel": jnp.ones((64, 10)), "bias": jnp.zeros((10,))}}
+    with pytest.raises(ValueError, match=r"'head/kernel' of shape \(64, 10\).*axis=0"):
+        apply_rules(tree, [("head/kernel", per_layer(scale(lambda ctx: ctx.layer)))])
+    # Said outright, it is sliced.
+    out = apply_rules(tree, [("head/kernel", per_layer(scale(lambda ctx: ctx.layer), axis=0))])
+    assert float(out["head"]["kernel"][3, 0]) == 3.0
+    # A scanned module: every leaf of the module shares the stack length.
+    stack = {"blocks": {"fc": {"kernel": jnp.ones((3, 4, 5)), "bias": jnp.ones((3, 5))}}}
+    out = apply_rules(stack, [("fc/*", per_layer(scale(lambda ctx: ctx.layer)))])
+    assert float(out["blocks"]["fc"]["bias"][2, 0]) == 2.0
