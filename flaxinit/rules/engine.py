@@ -996,7 +996,8 @@ class RulesReport(Sequence[LeafReport]):
         if self.unmatched_rules:
             out += "\nunmatched rules:"
             for m in self.unmatched_rules:
-                out += f"\n  #{m.index} {m.pattern!r}; closest: {', '.join(m.closest) or '-'}"
+                near = "roles in the model" if m.roles else "closest"
+                out += f"\n  #{m.index} {m.pattern!r}; {near}: {', '.join(m.closest) or '-'}"
         return out
 
 
@@ -1053,7 +1054,7 @@ def explain_rules(
                 path=info.path,
                 shape=info.shape,
                 dtype=info.dtype,
-                layer=plan.layers.layers[n],
+                layer=plan.layers.context(n, info).layer,
                 stacked_axis=info.stacked_axis,
                 rules=tuple(r.index for r in hits),
                 patterns=tuple(r.pattern.source for r in hits),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import collections.abc
+import gc
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -43,7 +44,7 @@ ROLE_GROUPS: dict[str, tuple[str, ...]] = {
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
     return "\n".join([line(headers), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
 
@@ -156,7 +157,10 @@ class ModelStructure(collections.abc.Mapping):
 
     def check_tree(self, infos: Sequence[Any]) -> list[LeafStructure]:
         """Per leaf record (``path``, ``shape``) of a tree, its structure; raises
-        ``ValueError`` naming the first leaf this structure does not describe."""
+        ``ValueError`` naming the first leaf this structure does not describe, or the
+        first parameter the model uses that the tree lacks (a structure of a deeper
+        model). A tree may leave out leaves the model does not compute with
+        (``batch_stats``, RNG state) or be the ``params`` collection alone."""
         out = []
         for info in infos:
             leaf = self.lookup(info.path)
@@ -172,6 +176,18 @@ class ModelStructure(collections.abc.Mapping):
                     "fi.model_structure(model, *inputs)"
                 )
             out.append(leaf)
+        seen = {leaf.path for leaf in out}
+        collections = {p.split("/", 1)[0] for p in seen} if self.api == "linen" else None
+        for path, leaf in self._leaves.items():
+            if leaf.role == "other" or path in seen:
+                continue
+            if collections is not None and path.split("/", 1)[0] not in collections:
+                continue  # a collection the tree leaves out as a whole
+            raise ValueError(
+                f"structure= does not describe this tree: the model uses {path!r} "
+                f"({leaf.role}, shape {leaf.shape}) and the tree has no such leaf; build "
+                "the structure from this model with fi.model_structure(model, *inputs)"
+            )
         return out
 
 
@@ -308,8 +324,16 @@ def model_structure(model: Any, *args: Any, variables: Any = None, **kwargs: Any
         )
 
     leaves = list(flat.arrays)
-    closed, num_inputs = _trace(fn, leaves, args, f"{api} model")
-    facts = analyze(closed, len(leaves), num_inputs)
+    # The trace and the pass allocate many short-lived objects and no cycles worth
+    # collecting mid-way: collection would cost a third of the time.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        closed, num_inputs = _trace(fn, leaves, args, f"{api} model")
+        facts = analyze(closed, len(leaves), num_inputs)
+    finally:
+        if collecting:
+            gc.enable()
     infos = flat.infos
     collections_ = [
         info.path.split("/", 1)[0] if api == "linen" and "/" in info.path else None

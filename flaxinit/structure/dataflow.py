@@ -180,6 +180,8 @@ _CONST = Info(const=True)
 def _shape(v: Any) -> tuple[int, ...]:
     aval = getattr(v, "aval", None)
     shape = getattr(aval, "shape", ())
+    if all(type(d) is int for d in shape):
+        return shape
     return tuple(int(d) if isinstance(d, (int, np.integer)) else -1 for d in shape)
 
 
@@ -822,7 +824,7 @@ class _Pass:
         # through layers); the facts it adds are the same kinds, so sets stay right.
         carry_out = outs[:ncarry]
         merged = [_join(a, b) for a, b in zip(carry, carry_out, strict=True)]
-        if any(m != c for m, c in zip(merged, carry, strict=True)):
+        if any(_differs(m, c) for m, c in zip(merged, carry, strict=True)):
             outs = self.sub(body, [*consts, *merged, *sliced])
         ys = []
         for info in outs[ncarry:]:
@@ -835,13 +837,19 @@ class _Pass:
         bconsts, carry = ins[cn : cn + bn], ins[cn + bn :]
         outs = self.sub(p["body_jaxpr"], [*bconsts, *carry])
         merged = [_join(a, b) for a, b in zip(carry, outs, strict=True)]
-        if any(m != c for m, c in zip(merged, carry, strict=True)):
+        if any(_differs(m, c) for m, c in zip(merged, carry, strict=True)):
             outs = self.sub(p["body_jaxpr"], [*bconsts, *merged])
         return [_join(a, b) for a, b in zip(carry, outs, strict=True)]
 
     def cond(self, eqn: Any, ins: list[Info]) -> list[Info]:
         results = [self.sub(br, ins[1:]) for br in eqn.params["branches"]]
         return [_join_all(group) for group in zip(*results, strict=True)]
+
+
+def _differs(merged: Info, carry: Info) -> bool:
+    """Whether a loop's carry gained a flag in one step; a deeper carry alone does not
+    count (depths are compared within a step, where every carried value is as deep)."""
+    return merged != carry and dataclasses.replace(merged, depth=carry.depth) != carry
 
 
 def _fit(views: Sequence[View], rank: int) -> tuple[View, ...]:

@@ -6,7 +6,7 @@ Each role is decided by what the computation does with the leaf, in this order:
 role                          evidence
 ============================  ==============================================================
 ``embedding``                 rows gathered by data (``jnp.take``, ``Embed``), or a
-                              parameter with 2+ dims *added* to the activations where no
+                              parameter with 2+ dims added to the activations where no
                               linear layer's bias would fit (a learned position embedding)
 ``conv``                      the kernel of ``conv_general_dilated``
 ``attention_query``/``_key``  a linear layer whose output reaches the left/right side of
@@ -214,6 +214,15 @@ def classify(
             lin = [u for u in leaf_uses if u.kind == "linear"]
             fan_in, fan_out, batch = axes_of(lin)
             split = tuple(sorted(facts.split_axes[i] - set(fan_in)))
+            if split and not set(fan_out) - set(split):
+                # Every output axis was indexed apart: a packed projection reshaped
+                # then indexed (``(d, 3d)`` -> ``(..., 3, d)``); its fan-out is the
+                # packed width.
+                evidence += (
+                    f"output indexed apart along a reshaped axis; fan-out {fan_out} "
+                    "is the packed width of all parts",
+                )
+                split = ()
             if split:
                 fan_out = tuple(a for a in fan_out if a not in split)
                 batch = _union([batch, split])

@@ -252,3 +252,45 @@ def test_bad_inputs():
 
 def test_top_level_export():
     assert fi.model_structure is model_structure
+
+
+def test_packed_projection_indexed_apart_keeps_its_packed_fan_out():
+    import flax.linen as nn
+
+    class Packed(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            d = x.shape[-1]
+            qkv = nn.Dense(3 * d, name="qkv")(x).reshape(*x.shape[:-1], 3, d)
+            return nn.Dense(2, name="head")(qkv[..., 0, :] * qkv[..., 1, :] + qkv[..., 2, :])
+
+    s = model_structure(Packed(), jnp.ones((2, 4)))
+    leaf = s["params/qkv/kernel"]
+    assert leaf.fan_in_axes == (0,)
+    assert leaf.fan_out_axes == (1,)
+    assert leaf.batch_axes == ()
+    assert any("packed width" in e for e in leaf.evidence)
+
+
+def test_a_structure_of_a_deeper_model_is_refused():
+    deep = model_structure(models.GPT(num_layers=3), jnp.zeros((1, 4), jnp.int32))
+    shallow = jax.eval_shape(
+        models.GPT(num_layers=2).init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32)
+    )
+    with pytest.raises(ValueError, match=r"the model uses 'params/blocks_2/"):
+        fi.apply_rules(shallow, [("bias", fi.fill(0.0))], structure=deep)
+    # The params collection alone is fine.
+    two = model_structure(models.GPT(num_layers=2), jnp.zeros((1, 4), jnp.int32))
+    fi.explain_rules(shallow["params"], [("@bias", fi.fill(0.0))], structure=two)
+
+
+def test_a_model_without_parameters_prints():
+    import flax.linen as nn
+
+    class Identity(nn.Module):
+        def __call__(self, x):
+            return x
+
+    s = model_structure(Identity(), jnp.ones(3))
+    assert len(s) == 0
+    assert "path" in str(s)
