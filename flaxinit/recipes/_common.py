@@ -198,6 +198,7 @@ class LayerInit(Action):
     name: str = "layer_init"
     num_layers: int | None = None
     needs_key = True
+    overwrites = True
 
     def __repr__(self) -> str:
         return self.name

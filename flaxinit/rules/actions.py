@@ -262,6 +262,9 @@ def vmap_matches_loop(keys: Any) -> bool:
 class Action:
     """Base class of the built-in actions.
 
+    ``overwrites`` says the action replaces the whole leaf (a re-draw, a fill): an
+    earlier rule's scale on the same leaf is then lost, which ``explain_rules`` flags.
+
     ``__call__(key, leaf, ctx)`` acts on one (unstacked) leaf. ``call_stacked(keys,
     leaf, ctxs)`` acts on a stacked leaf whose layer axis is 0, with one key and one
     context per layer; the default loops over slices at trace time (so callables
@@ -270,6 +273,7 @@ class Action:
     """
 
     needs_key: bool = False
+    overwrites: bool = False
 
     def __call__(self, key: Any, leaf: jax.Array, ctx: RuleContext) -> jax.Array:
         raise NotImplementedError
@@ -294,6 +298,7 @@ class Reinit(Action):
     batch_axis: int | tuple[int, ...] | None = None
     name: str | None = None
     needs_key = True
+    overwrites = True
 
     def __repr__(self) -> str:
         args = [self.name or describe(self.init)]
@@ -479,6 +484,7 @@ class Fill(Action):
     """Sets the leaf to a constant; see :func:`fill`."""
 
     value: Any
+    overwrites = True
 
     def __repr__(self) -> str:
         if callable(self.value):
@@ -537,7 +543,9 @@ class At(Action):
         return f"at[{_format_index(self.index)}]({self.action!r})"
 
     def _index(self, ctx: RuleContext) -> Any:
-        return self.index(ctx) if callable(self.index) else self.index
+        index = self.index(ctx) if callable(self.index) else self.index
+        check_index(index, ctx.shape, f"{self!r} on the leaf at {ctx.path!r}")
+        return index
 
     def __call__(self, key: Any, leaf: jax.Array, ctx: RuleContext) -> jax.Array:
         index = self._index(ctx)
@@ -549,6 +557,7 @@ class At(Action):
     def call_stacked(self, keys: Any, leaf: jax.Array, ctxs: Sequence[RuleContext]) -> jax.Array:
         if callable(self.index):
             return super().call_stacked(keys, leaf, ctxs)
+        check_index(self.index, ctxs[0].shape, f"{self!r} on the leaf at {ctxs[0].path!r}")
         index = self.index if isinstance(self.index, tuple) else (self.index,)
         full = (slice(None), *index)  # the index addresses one layer's slice
         sub = leaf[full]
@@ -556,6 +565,51 @@ class At(Action):
         new = self.action.call_stacked(keys, sub, sub_ctxs)
         new = check_result(ctxs[0].path, f"{self!r}", sub, new)
         return leaf.at[full].set(new)
+
+
+def check_index(index: Any, shape: Sequence[int], where: str) -> None:
+    """Raises ``ValueError`` if ``index`` reaches outside ``shape`` or selects nothing.
+
+    numpy and jax clip slices and jax clamps integers, so ``at[..., 64:128]`` on a
+    ``(64,)`` bias would set nothing and ``at[32:96]`` only 32 entries, silently.
+    """
+    items = index if isinstance(index, tuple) else (index,)
+    if any(it is None for it in items):
+        return  # a new axis: leave the bookkeeping to numpy
+    explicit = [it for it in items if it is not Ellipsis]
+    if sum(it is Ellipsis for it in items) > 1 or len(explicit) > len(shape):
+        raise ValueError(
+            f"{where}: index [{_format_index(index)}] does not fit shape {tuple(shape)}"
+        )
+    axes: list[int] = []
+    axis = 0
+    for it in items:
+        if it is Ellipsis:
+            axis += len(shape) - len(explicit)
+            continue
+        axes.append(axis)
+        axis += 1
+    for it, ax in zip(explicit, axes, strict=True):
+        n = shape[ax]
+        bad = None
+        if isinstance(it, (numbers.Integral, np.integer)) and not isinstance(it, bool):
+            if not -n <= int(it) < n:
+                bad = f"index {int(it)} is outside [-{n}, {n})"
+        elif isinstance(it, slice):
+            for bound in (it.start, it.stop):
+                if isinstance(bound, (numbers.Integral, np.integer)) and not -n <= int(bound) <= n:
+                    bad = f"slice {_format_index(it)} reaches outside [0, {n}]"
+            if bad is None and len(range(*it.indices(n))) == 0:
+                bad = f"slice {_format_index(it)} selects nothing"
+        elif isinstance(it, (list, np.ndarray)) and np.asarray(it).dtype.kind in "iu":
+            arr = np.asarray(it)
+            if arr.size and (arr.min() < -n or arr.max() >= n):
+                bad = f"indices {arr.tolist()} reach outside [-{n}, {n})"
+        if bad is not None:
+            raise ValueError(
+                f"{where} of shape {tuple(shape)}: axis {ax} has size {n}, and the {bad} "
+                f"(index [{_format_index(index)}])"
+            )
 
 
 class _AtFactory:
@@ -596,6 +650,10 @@ class PerLayer(Action):
     @property
     def needs_key(self) -> bool:  # type: ignore[override]
         return self.action.needs_key
+
+    @property
+    def overwrites(self) -> bool:  # type: ignore[override]
+        return self.action.overwrites
 
     def __repr__(self) -> str:
         if self.axis is None:

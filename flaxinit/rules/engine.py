@@ -29,6 +29,7 @@ import collections
 import dataclasses
 import difflib
 import numbers
+import re
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -39,6 +40,7 @@ import numpy as np
 
 from flaxinit.rules.actions import (
     PerLayer,
+    Reinit,
     RuleContext,
     check_result,
     to_action,
@@ -115,32 +117,100 @@ def compile_rules(
     return out
 
 
+# Words that name the same thing in different codebases, for suggesting paths: a
+# rule written for one naming (``fc2/kernel``) finds its leaf in another
+# (``MlpBlock_0/Dense_1/kernel``).
+_SYNONYMS = {
+    "fc": "dense",
+    "linear": "dense",
+    "dense": "dense",
+    "densegeneral": "dense",
+    "lin": "dense",
+    "mlp": "mlp",
+    "mlpblock": "mlp",
+    "ffn": "mlp",
+    "ffw": "mlp",
+    "feedforward": "mlp",
+    "attn": "attention",
+    "attention": "attention",
+    "multiheaddotproductattention": "attention",
+    "multiheadattention": "attention",
+    "selfattention": "attention",
+    "ln": "norm",
+    "norm": "norm",
+    "layernorm": "norm",
+    "rmsnorm": "norm",
+    "bn": "norm",
+    "batchnorm": "norm",
+    "groupnorm": "norm",
+    "emb": "embedding",
+    "embed": "embedding",
+    "embedding": "embedding",
+    "embedder": "embedding",
+    "wte": "embedding",
+    "kernel": "kernel",
+    "w": "kernel",
+    "weight": "kernel",
+    "bias": "bias",
+    "b": "bias",
+    "scale": "scale",
+    "gamma": "scale",
+    "conv": "conv",
+    "head": "head",
+    "logits": "head",
+    "out": "out",
+    "proj": "out",
+    "o": "out",
+}
+_TOKEN = re.compile(r"[A-Za-z]+|[0-9]+")
+
+
+def _tokens(segment: str) -> tuple[set[str], set[int]]:
+    """A segment's words (through the synonyms) and numbers."""
+    words, numbers = set(), set()
+    for tok in _TOKEN.findall(segment):
+        if tok.isdigit():
+            numbers.add(int(tok))
+        else:
+            low = tok.lower()
+            words.add(_SYNONYMS.get(low, low))
+    joined = re.sub(r"[^a-z]", "", segment.lower())
+    if joined in _SYNONYMS:
+        words.add(_SYNONYMS[joined])
+    return words, numbers
+
+
+def _segment_score(want: str, have: str) -> float:
+    if "*" in want or "?" in want or "[" in want:
+        return 0.5  # a wildcard segment fits any
+    (ww, wn), (hw, hn) = _tokens(want), _tokens(have)
+    score = 1.0 if ww & hw else 0.0
+    if wn and hn and (wn & hn or {n - 1 for n in wn} & hn):
+        score += 0.5  # the same index, or a 1-based name for a 0-based one (fc2, Dense_1)
+    return score + 0.25 * difflib.SequenceMatcher(None, want.lower(), have.lower()).ratio()
+
+
 def _closest(pattern: Pattern, paths: Sequence[str], n: int = 3) -> tuple[str, ...]:
-    """The ``n`` existing paths most like ``pattern`` (for error messages)."""
+    """The ``n`` existing paths most like ``pattern`` (for error messages): compared
+    segment by segment from the end, by word (``fc`` ~ ``Dense``, ``attn`` ~
+    ``MultiHeadDotProductAttention``) and index, then by spelling."""
     if not paths:
         return ()
     source = pattern.source
     if source.startswith("re:"):
         return tuple(difflib.get_close_matches(source[3:], paths, n=n, cutoff=0.0))
-    body = source.lstrip("/")
-    depth = len([s for s in body.split("/") if s != "**"])
-    if pattern.anchored:
-        suffixes = {p: p for p in paths}
-        candidates = list(suffixes)
-    else:
-        # An unanchored glob names a path's tail: compare it with tails of as many
-        # segments, then report whole paths.
-        suffixes: dict[str, list[str]] = {}
-        for p in paths:
-            suffixes.setdefault("/".join(p.split("/")[-depth:]), []).append(p)
-        candidates = list(suffixes)
-    out: list[str] = []
-    for tail in difflib.get_close_matches(body, candidates, n=n, cutoff=0.0):
-        hits = suffixes[tail]
-        for p in [hits] if isinstance(hits, str) else hits:
-            if len(out) < n:
-                out.append(p)
-    return tuple(out)
+    want = [seg for seg in source.lstrip("/").split("/") if seg != "**"]
+
+    def score(path: str) -> float:
+        have = path.split("/")
+        tail = have[-len(want) :]
+        total = sum(
+            _segment_score(w, h) for w, h in zip(reversed(want), reversed(tail), strict=False)
+        )
+        return total - 0.01 * abs(len(have) - len(want))
+
+    ranked = sorted(paths, key=lambda p: -score(p))
+    return tuple(ranked[:n])
 
 
 def _matcher(pattern: Pattern, structure: Any, paths: Sequence[str]) -> Callable[[int], bool]:
@@ -701,9 +771,41 @@ def _run_leaf(
                 out = action.call_stacked(keys, xs, ctxs)
                 return jnp.moveaxis(check_result(info.path, what, xs, out), 0, axis)
 
-        out = _in_layout(run_step, x, keys, layout)
+        try:
+            out = _in_layout(run_step, x, keys, layout)
+        except (TypeError, ValueError) as e:
+            raise _naming_the_leaf(e, what, info) from e
         x = check_result(info.path, what, x, out)
     return x
+
+
+def _naming_the_leaf(error: Exception, what: str, info: LeafInfo) -> Exception:
+    """``error`` with the rule and the leaf named, unless it names the leaf already
+    (an initializer failing on a 1-D leaf only says it needs two axes)."""
+    text = str(error)
+    where = f"{what} failed on the leaf at {info.path!r} of shape {info.shape}"
+    if info.path in text:
+        return error
+    if type(error) not in (TypeError, ValueError):
+        error.add_note(where)  # a subclass may not take a message: keep it, add ours
+        return error
+    return type(error)(f"{where}: {text}")
+
+
+def _draw_problem(info: LeafInfo, rule: Rule, action: Any) -> str | None:
+    """Why a re-draw cannot draw this leaf (a fan-based initializer on a 1-D bias),
+    found by tracing it on the shape; None if it can."""
+    init = getattr(action, "init", None)
+    if not isinstance(action, Reinit) or init is None or len(info.shape) >= 2:
+        return None
+    try:
+        jax.eval_shape(lambda k: init(k, info.shape, info.dtype), jax.random.key(0))
+    except Exception as e:  # what the initializer says is the reason shown
+        return (
+            f"#{rule.index} {action!r} cannot draw {info.path!r} of shape {info.shape}: "
+            f"{str(e).splitlines()[0]}"
+        )
+    return None
 
 
 _PROGRAMS: collections.OrderedDict[Any, Any] = collections.OrderedDict()
@@ -949,16 +1051,25 @@ class RulesReport(Sequence[LeafReport]):
     """What ``explain_rules`` found: one :class:`LeafReport` per leaf, in tree order.
 
     A sequence of records (``report[0].path``, ``[r.path for r in report if
-    r.touched]``) with ``untouched`` (paths no rule hit) and ``unmatched_rules``
-    (rules that hit nothing); ``str(report)`` is an aligned table.
+    r.touched]``) with ``untouched`` (paths no rule hit), ``unmatched_rules`` (rules
+    that hit nothing), ``legend`` (``(index, pattern, action)`` per rule) and
+    ``problems`` (what would fail or be lost: a fan-based re-draw of a 1-D leaf, a
+    scale that a later re-draw of the same leaf overwrites); ``str(report)`` is an
+    aligned table, the legend and the problems.
     """
 
     def __init__(
-        self, records: Sequence[LeafReport], unmatched_rules: Sequence[UnmatchedRule]
+        self,
+        records: Sequence[LeafReport],
+        unmatched_rules: Sequence[UnmatchedRule],
+        legend: Sequence[tuple[int, str, str]] = (),
+        problems: Sequence[str] = (),
     ) -> None:
         self.records = tuple(records)
         self.unmatched_rules = tuple(unmatched_rules)
         self.untouched = tuple(r.path for r in self.records if not r.touched)
+        self.legend = tuple(legend)
+        self.problems = tuple(problems)
 
     def __getitem__(self, i: Any) -> Any:
         return self.records[i]
@@ -993,6 +1104,14 @@ class RulesReport(Sequence[LeafReport]):
         if structural:
             headers += ["role", "fan axes"]
         out = _table([*headers, "rules"], rows) if rows else "(no leaves)"
+        if self.legend:
+            out += "\nrules:"
+            for index, pattern, action in self.legend:
+                out += f"\n  #{index} {pattern!r} -> {action}"
+        if self.problems:
+            out += "\nproblems:"
+            for problem in self.problems:
+                out += f"\n  {problem}"
         if self.unmatched_rules:
             out += "\nunmatched rules:"
             for m in self.unmatched_rules:
@@ -1065,4 +1184,20 @@ def explain_rules(
                 fan_axes=_fan_axes(plan.layers, n, info, hits),
             )
         )
-    return RulesReport(records, plan.missing())
+    problems = []
+    for n, info in enumerate(plan.flat.infos):
+        hits = plan.hits[n]
+        for step, rule in enumerate(hits):
+            _, action = _stack_axis(info, rule.value)
+            problem = _draw_problem(info, rule, action)
+            if problem:
+                problems.append(problem)
+            if getattr(action, "overwrites", False):
+                lost = [r for r in hits[:step] if not getattr(r.value, "overwrites", False)]
+                problems += [
+                    f"#{r.index} {r.value!r} on {info.path!r} is overwritten by "
+                    f"#{rule.index} {action!r}"
+                    for r in lost
+                ]
+    legend = [(r.index, r.pattern.source, repr(r.value)) for r in plan.rules]
+    return RulesReport(records, plan.missing(), legend, problems)

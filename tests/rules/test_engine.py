@@ -593,3 +593,60 @@ def test_explain_on_abstract_and_stacked_trees():
     assert report.by_path()["params/layers/fc/bias"].actions[0].startswith("per layer")
     assert report.unmatched_rules == ()
     assert "stack@0" in str(report)
+
+
+def test_at_out_of_range_or_partial_raises_naming_the_leaf():
+    tree = {"b": jnp.zeros((64,))}
+    for index, fragment in [
+        ((Ellipsis, slice(64, 128)), "reaches outside"),
+        (200, "index 200 is outside"),
+        (slice(32, 96), "reaches outside"),
+        (slice(10, 10), "selects nothing"),
+    ]:
+        with pytest.raises(ValueError, match=rf"'b' of shape \(64,\).*{fragment}"):
+            apply_rules(tree, [("b", at(index, fill(1.0)))])
+    out = apply_rules(tree, [("b", at[..., 16:32](fill(1.0)))])
+    assert float(out["b"].sum()) == 16.0
+
+
+def test_fan_based_redraw_of_a_vector_names_rule_and_leaf_and_is_explained():
+    from flaxinit.initializers import he_normal
+
+    tree = {"dense": {"kernel": jnp.zeros((4, 3)), "bias": jnp.zeros((3,))}}
+    rules = [("*", he_normal())]
+    with pytest.raises(ValueError, match=r"rule 0 \('\*'.*'dense/bias' of shape \(3,\)"):
+        apply_rules(tree, rules, key=jax.random.key(0))
+    report = explain_rules(tree, rules)
+    assert any("cannot draw 'dense/bias'" in p for p in report.problems)
+    assert "problems:" in str(report)
+
+
+def test_explain_has_a_legend_and_flags_a_scale_a_later_redraw_overwrites():
+    from flaxinit.initializers import normal
+
+    tree = {"w": jnp.zeros((4, 4))}
+    rules = [("w", scale(0.5)), ("w", normal(0.02))]
+    report = explain_rules(tree, rules)
+    redraw = "reinit(normal(stddev=0.02))"
+    assert report.legend == ((0, "w", "scale(0.5)"), (1, "w", redraw))
+    assert report.problems == (f"#0 scale(0.5) on 'w' is overwritten by #1 {redraw}",)
+    text = str(report)
+    assert "#0 'w' -> scale(0.5)" in text
+    # A re-draw then a scale is the intended order: nothing to flag.
+    assert explain_rules(tree, rules[::-1]).problems == ()
+
+
+def test_closest_paths_are_ranked_by_segments():
+    tree = {
+        "encoderdecoderblock_0": {
+            "MultiHeadDotProductAttention_0": {"out": {"kernel": jnp.zeros((2, 2))}},
+            "MlpBlock_0": {
+                "Dense_0": {"kernel": jnp.zeros((2, 2))},
+                "Dense_1": {"kernel": jnp.zeros((2, 2))},
+            },
+        }
+    }
+    with pytest.raises(
+        ValueError, match=r"closest paths: 'encoderdecoderblock_0/MlpBlock_0/Dense_1"
+    ):
+        apply_rules(tree, [("fc2/kernel", fill(0.0))])
