@@ -40,6 +40,13 @@ leading ``/``        anchors the pattern at the root
 ``re:...``           a Python regular expression, ``fullmatch``-ed on the whole path
 ===================  ===============================================================
 
+A pattern ``@role`` selects the leaves the model's computation gives that role
+(``@mlp_out``, ``@attention_out``, ``@norm_scale``; groups ``@kernel``, ``@attention``,
+``@mlp``, ``@norm``, ``@residual_output``; ``:residual`` narrows to leaves whose output
+reaches a residual add, ``@norm_scale:residual``). It needs ``structure=
+fi.model_structure(model, *inputs)`` in ``apply_rules``/``explain_rules``/
+``rule_labels``/``rule_mask``, and raises without it; see :mod:`flaxinit.structure`.
+
 A glob without a leading ``/`` matches any *suffix* of the path on a segment
 boundary, as if it began with ``**/``. Wildcards never cross a ``/``. Examples:
 
@@ -70,6 +77,12 @@ default) a rule that matches no leaf raises ``ValueError`` naming the pattern an
 the closest existing paths. Actions: an initializer or ``reinit(init, ...)``,
 ``scale``, ``fill``, ``at``, ``per_layer``, or any callable ``(key, leaf, ctx)``;
 see :mod:`flaxinit.rules.actions`.
+
+Model structure
+---------------
+With ``structure=``, each rule's ``ctx`` also has the leaf's ``role``, fan axes and
+``norm_offset``, and re-draws without declared axes are drawn on the axes the model
+contracts (a Gemma-style ``(heads, d, head_dim)`` kernel gets fan_in ``d``).
 
 Layers
 ------

@@ -182,7 +182,11 @@ def _tokens(segment: str) -> tuple[set[str], set[int]]:
 
 def _segment_score(want: str, have: str) -> float:
     if "*" in want or "?" in want or "[" in want:
-        return 0.5  # a wildcard segment fits any
+        try:
+            hit = compile_pattern("/" + want).matches(have)
+        except ValueError:
+            hit = False
+        return 1.5 if hit else 0.0  # a wildcard segment that fits is a full match
     (ww, wn), (hw, hn) = _tokens(want), _tokens(have)
     score = 1.0 if ww & hw else 0.0
     if wn and hn and (wn & hn or {n - 1 for n in wn} & hn):
