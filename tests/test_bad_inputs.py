@@ -62,6 +62,39 @@ def _nnx_fused_lstm():
     return NNXLSTMClassifier(3, hidden=4, cell="optimized", rngs=nnx.Rngs(0))
 
 
+class _LogitsAndHidden(nn.Module):
+    """Returns ``(logits, hidden)``: both fit integer labels of shape (batch,)."""
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.relu(nn.Dense(8)(x))
+        return nn.Dense(3)(h), h
+
+
+def _report_on_tuple_output(labels):
+    model = _LogitsAndHidden()
+    return fi.health_report(model, X, labels, variables=model.init(KEY, X))
+
+
+class _NNXScanBatchNorm(nnx.Module):
+    """An nnx.scan stack of Linear -> BatchNorm blocks (vmapped construction)."""
+
+    def __init__(self, rngs):
+        @nnx.split_rngs(splits=2)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def make(r):
+            return nnx.Sequential(nnx.Linear(4, 4, rngs=r), nnx.BatchNorm(4, rngs=r))
+
+        self.blocks = make(rngs)
+
+    def __call__(self, x):
+        @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+        def step(x, block):
+            return block(x)
+
+        return step(x, self.blocks)
+
+
 CASES = [
     # Item 5: logical partitioning names that map to no mesh axis.
     Case(
@@ -189,6 +222,36 @@ CASES = [
         lambda: fi.apply_rules(_nnx_fused_lstm(), lstm(), key=KEY, strict=False),
         ValueError,
         "lstm(fused=True)",
+    ),
+    # Item 11: the default loss on a model returning several arrays.
+    Case(
+        "health_report: (logits, hidden) both fit the labels",
+        lambda: _report_on_tuple_output(jnp.zeros((1,), jnp.int32)),
+        ValueError,
+        "2 outputs fit the labels (1,) int32",
+    ),
+    Case(
+        "health_report: no output of (logits, hidden) fits the labels",
+        lambda: _report_on_tuple_output(jnp.zeros((1, 2), jnp.int32)),
+        ValueError,
+        "e.g. loss_fn=lambda outputs, labels: flaxinit.diagnostics.default_loss(outputs[0]",
+    ),
+    Case(
+        "gradient_stats: float labels of another shape than the output",
+        lambda: fi.gradient_stats(
+            nn.Dense(3), X, jnp.zeros((1,)), variables=nn.Dense(3).init(KEY, X)
+        ),
+        ValueError,
+        "does not fit the labels (1,) float32",
+    ),
+    # Item 12: an nnx.scan stack with BatchNorm, with labels (the backward pass).
+    Case(
+        "health_report: NNX nnx.scan stack with BatchNorm and labels",
+        lambda: fi.health_report(
+            _NNXScanBatchNorm(nnx.Rngs(0)), jnp.ones((2, 4)), jnp.zeros((2, 4))
+        ),
+        ValueError,
+        "runs inside a JAX transform of the model",
     ),
 ]
 

@@ -17,7 +17,13 @@ from flaxinit.diagnostics.data import digit_tokens, digits
 from flaxinit.diagnostics.gradients import GradientRecord, gradient_stats
 from flaxinit.diagnostics.models import CNN, GPT, MLP, NNXMLP
 from flaxinit.diagnostics.plots import plot_activation_histograms, plot_depth_profiles
-from flaxinit.diagnostics.probe import Activation, NNXActivation, Nonlinearity, nonlinearity
+from flaxinit.diagnostics.probe import (
+    Activation,
+    NNXActivation,
+    Nonlinearity,
+    default_loss,
+    nonlinearity,
+)
 from flaxinit.diagnostics.report import Finding, HealthReport, Thresholds, findings, health_report
 from flaxinit.diagnostics.weights import WeightRecord, weight_stats
 
@@ -37,6 +43,7 @@ __all__ = [
     "WeightRecord",
     "activation_stats",
     "activation_values",
+    "default_loss",
     "digit_tokens",
     "digits",
     "findings",

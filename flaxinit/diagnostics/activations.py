@@ -31,8 +31,9 @@ class ActivationRecord:
       module: the layer's class name.
       activation: the nonlinearity that ``dead_fraction`` and ``saturated_fraction``
         refer to. For an activation site this is its own function. For a linear site it
-        is the declared ``activation=``, applied to this output; it is ``None`` when
-        nothing was declared and for the last linear layer.
+        is the declared ``activation=``, applied to this output, or to the output of the
+        norm layer that takes it (see ``normalized_by``); it is ``None`` when nothing
+        was declared and for the last linear layer.
       shape: the output's shape.
       mean: ``mean(y)`` over every element (examples, positions, features).
       var: ``mean((y - mean)**2)``, as ``std**2``: below std ~1e-19 it underflows to 0 in
@@ -51,6 +52,12 @@ class ActivationRecord:
         backward signal that reaches this output. ``None`` without a loss.
       embedding: the layer is an embedding (``nn.Embed``, ``nnx.Embed`` or a subclass):
         its output is its table's scale, so depth comparisons leave it out.
+      normalized_by: for a linear layer whose output itself goes into a norm layer
+        (``Dense -> LayerNorm -> relu``), that norm's path: the norm's output is the
+        pre-activation, so a declared ``activation=`` is applied to it for
+        ``dead_fraction`` and ``saturated_fraction``. ``mean``, ``var`` and ``std`` stay
+        those of the layer's own output. ``None`` otherwise. See
+        :mod:`flaxinit.diagnostics.probe`.
     """
 
     path: str = dataclasses.field(metadata={"static": True})
@@ -68,6 +75,7 @@ class ActivationRecord:
     saturated_fraction: Any
     grad_rms: Any
     embedding: bool = dataclasses.field(default=False, metadata={"static": True})
+    normalized_by: str | None = dataclasses.field(default=None, metadata={"static": True})
 
 
 def l2_norm(x: jax.Array) -> jax.Array:
@@ -118,16 +126,19 @@ def site_row(
     delta: jax.Array | None,
     declared: probe.Nonlinearity | None,
     level: float,
+    normed: jax.Array | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The static and numeric fields of the :class:`ActivationRecord` of output ``y``.
 
-    ``delta`` is dLoss/dy, or ``None``.
+    ``delta`` is dLoss/dy, or ``None``. ``normed`` is the output of the norm layer that
+    takes ``y``, the pre-activation the declared nonlinearity is applied to, or ``None``.
     """
     y = y.astype(jnp.float32)
     mean = jnp.mean(y)
     std = l2_norm(y - mean) / jnp.sqrt(jnp.float32(y.size))
     nl = site.nonlinearity if site.kind == "activation" else declared
-    a = y if site.kind == "activation" or nl is None else nl.fn(y).astype(jnp.float32)
+    pre = y if normed is None else normed.astype(jnp.float32)
+    a = y if site.kind == "activation" or nl is None else nl.fn(pre).astype(jnp.float32)
     dead, saturated = unit_fractions(a, nl, level)
     grad_rms = None
     if delta is not None:
@@ -141,6 +152,7 @@ def site_row(
         "activation": None if nl is None else nl.name,
         "shape": tuple(y.shape),
         "embedding": site.embedding,
+        "normalized_by": site.normalized_by,
     }
     numeric = {
         "mean": mean,
@@ -159,7 +171,7 @@ def activation_records(capture: probe.Capture, level: float) -> records.Packed:
 
     Call inside a trace; :func:`~flaxinit.diagnostics.records.unpack` gives the
     :class:`ActivationRecord` s in execution order. The declared activation applies to
-    every linear site except the last one.
+    every linear site except the last one, through the norm layer that takes it if any.
     """
     linear = [k for k, s in enumerate(capture.sites) if s.kind == "linear"]
     last_linear = linear[-1] if linear else -1
@@ -168,7 +180,7 @@ def activation_records(capture: probe.Capture, level: float) -> records.Packed:
         depth += site.kind == "linear"
         declared = capture.declared if k != last_linear else None
         delta = None if capture.deltas is None else capture.deltas[k]
-        rows.append(site_row(site, k, depth, y, delta, declared, level))
+        rows.append(site_row(site, k, depth, y, delta, declared, level, capture.normed[k]))
     return records.pack(ActivationRecord, rows)
 
 
@@ -205,10 +217,14 @@ def activation_stats(
       model: a ``flax.linen.Module`` (with ``variables``) or a ``flax.nnx.Module``.
       x: the input batch.
       labels: targets for the loss. Integer labels give softmax cross-entropy, floats give
-        mean squared error.
+        mean squared error. A model that returns several arrays (``(logits, cache)``)
+        is scored on the one whose shape fits the labels; when none or several fit,
+        pass ``loss_fn`` (see :func:`~flaxinit.diagnostics.probe.predictions`).
       variables: the Linen variables (``model.init(...)``); ``None`` for NNX.
       activation: the nonlinearity that follows each linear layer, for models that call it
-        as a bare function. It is applied to every linear output except the last.
+        as a bare function. It is applied to every linear output except the last; where
+        a norm layer takes a linear output (``Dense -> LayerNorm -> relu``), to the
+        norm's output (see :attr:`ActivationRecord.normalized_by`).
       loss_fn: ``loss_fn(outputs, labels) -> scalar`` replacing the default.
       saturation_level: see :attr:`ActivationRecord.saturated_fraction`.
       call_kwargs: extra keyword arguments of the call, e.g. ``{"train": False}``.

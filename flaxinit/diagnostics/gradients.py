@@ -90,8 +90,9 @@ def gradient_stats(
 
     One ``jax.jit``-compiled forward and backward pass. The loss is
     ``loss_fn(outputs, labels)``. The default is softmax cross-entropy for integer labels
-    and mean squared error otherwise. Needs ``labels`` or ``loss_fn``. The model and its
-    arguments are as in :func:`~flaxinit.diagnostics.activation_stats`.
+    and mean squared error otherwise, on the output that fits the labels (see
+    :func:`~flaxinit.diagnostics.probe.predictions`). Needs ``labels`` or ``loss_fn``.
+    The model and its arguments are as in :func:`~flaxinit.diagnostics.activation_stats`.
 
     Returns:
       A tuple of :class:`GradientRecord`, ordered by when each leaf's module first ran.

@@ -13,8 +13,24 @@ Every diagnostic is computed from one traced run of the model (:func:`run`), ins
   call in a model's ``__call__`` is an ordinary function call and cannot be observed. For
   such models, declare the nonlinearity with the ``activation=`` argument of the
   diagnostics. It is then applied to every linear output except the last, which is right
-  for plain MLP and CNN stacks. It is wrong inside attention blocks, so wrap the
-  nonlinearity there instead.
+  for plain MLP and CNN stacks. It is wrong inside attention blocks and where a residual
+  is added before the nonlinearity (``relu(x + Dense(h))``), so wrap the nonlinearity
+  there instead.
+
+A normalization layer between a linear layer and its nonlinearity (``Dense -> LayerNorm
+-> relu``, ``Conv -> BatchNorm -> relu``): the nonlinearity sees the norm's output, not
+the linear one, and the two can differ completely (a norm re-centres and rescales every
+example or channel, so ``relu(Dense)`` may be dead where ``relu(LayerNorm(Dense))`` is
+not). So when a norm layer (:data:`LINEN_NORMS`, :data:`NNX_NORMS`, subclasses included)
+is called on a linear layer's output itself, that output's record takes the norm's
+output as its pre-activation: a declared ``activation=`` is applied to the norm's output,
+and the record names the norm in ``normalized_by``. A chain of norms (``LayerNorm ->
+BatchNorm``) takes the last one's output. The record's ``std`` and ``mean`` stay those of
+the linear layer's own output, which is what the depth profile compares. A norm applied
+to anything else (a residual sum, an activation: ``Dense -> relu -> LayerNorm``, pre-norm
+transformer blocks) changes nothing. The alternative, refusing ``activation=`` on such
+models, would turn away the stock ``Conv -> BatchNorm -> relu`` networks that this
+measures exactly; only the residual case above stays approximate, as it is without norms.
 
 How the values are taken:
 
@@ -66,6 +82,23 @@ NNX_LINEAR: tuple[type, ...] = (
     nnx.ConvTranspose,
     nnx.Einsum,
     nnx.Embed,
+)
+
+# Normalization layers: one called on a linear layer's output sits between it and its
+# nonlinearity (see the module docstring).
+LINEN_NORMS: tuple[type, ...] = (
+    nn.LayerNorm,
+    nn.BatchNorm,
+    nn.RMSNorm,
+    nn.GroupNorm,
+    nn.InstanceNorm,
+)
+NNX_NORMS: tuple[type, ...] = (
+    nnx.LayerNorm,
+    nnx.BatchNorm,
+    nnx.RMSNorm,
+    nnx.GroupNorm,
+    nnx.InstanceNorm,
 )
 
 # Nonlinearities whose output is exactly 0 on half the line: a unit can die.
@@ -164,13 +197,18 @@ class NNXActivation(nnx.Module):
 
 @dataclasses.dataclass(frozen=True)
 class Site:
-    """One recorded layer output: the module's path, its kind, its class and nonlinearity."""
+    """One recorded layer output: the module's path, its kind, its class and nonlinearity.
+
+    ``normalized_by`` is the path of the norm layer called on this (linear) output, whose
+    output is then the pre-activation; ``None`` when there is none.
+    """
 
     path: str
     kind: str  # "linear" | "activation"
     module: str
     nonlinearity: Nonlinearity | None
     embedding: bool = False
+    normalized_by: str | None = None
 
 
 def _site(module: Any, path: str) -> Site | None:
@@ -194,6 +232,10 @@ class _Recorder:
         self.trace = tracers.current_trace()
         self.sites: list[Site] = []
         self.outputs: list[jax.Array] = []
+        # normed[k]: the output of the norm layer called on linear output k, or None.
+        self.normed: list[jax.Array | None] = []
+        # id of a linear output, or of a norm output taken from one -> (the array, k).
+        self._feeds: dict[int, tuple[jax.Array, int]] = {}
         self.modules: list[str] = []
         self._seen: set[str] = set()
         self._active: set[int] = set()
@@ -209,6 +251,9 @@ class _Recorder:
             out = fn(*args, **kwargs)
         finally:
             self._active.discard(id(module))
+        if method == "__call__" and isinstance(module, LINEN_NORMS + NNX_NORMS):
+            self._norm(path, args, kwargs, out)
+            return out
         site = _site(module, path) if method == "__call__" else None
         if site is None or not isinstance(out, jax.Array):
             return out
@@ -226,7 +271,26 @@ class _Recorder:
             out = out + self.perturbations[len(self.outputs)]
         self.sites.append(site)
         self.outputs.append(out)
+        self.normed.append(None)
+        if site.kind == "linear":
+            self._feeds[id(out)] = (out, len(self.outputs) - 1)
         return out
+
+    def _norm(self, path: str, args, kwargs, out: Any) -> None:
+        """Records a norm layer's output as the pre-activation of the linear output it
+        takes, when it takes one (the very array, or a norm output taken from one)."""
+        x = args[0] if args else kwargs.get("x", kwargs.get("inputs"))
+        fed = self._feeds.get(id(x))
+        if fed is None or fed[0] is not x or not isinstance(out, jax.Array):
+            return
+        if tracers.current_trace() != self.trace:
+            return
+        k = fed[1]
+        if self.normed[k] is not None and x is self.outputs[k]:
+            return  # a second norm on the same linear output: the first one is kept
+        self.normed[k] = out
+        self.sites[k] = dataclasses.replace(self.sites[k], normalized_by=path)
+        self._feeds[id(out)] = (out, k)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,7 +374,10 @@ def _forward(spec: Spec, dynamic: Any, params: Any, x: Any, rec: _Recorder) -> A
         with nn.intercept_methods(interceptor):
             out = spec.definition.apply({**dynamic, "params": params}, x, **kwargs)
         return out[0] if "mutable" in kwargs else out
-    model = nnx.merge(spec.definition, params, dynamic[1])
+    # copy=True: Variables of this trace. The state in ``dynamic`` belongs to the trace
+    # that received it; a nested one (eval_shape, grad) could neither update it (BatchNorm
+    # statistics, dropout RNG counts) nor hand it to nnx.scan.
+    model = nnx.merge(spec.definition, params, dynamic[1], copy=True)
     paths = {id(m): "/".join(map(str, p)) for p, m in nnx.iter_modules(model)}
     with _wrapped_nnx_calls(model, rec, paths):
         return model(x, **kwargs)
@@ -348,11 +415,88 @@ class _wrapped_nnx_calls:
         return False
 
 
-def default_loss(outputs: jax.Array, labels: jax.Array) -> jax.Array:
+def _fits(output: Any, labels: jax.Array) -> bool:
+    """Whether ``output`` can be the predictions for ``labels`` under the default loss."""
+    if not isinstance(output, jax.Array) or not jnp.issubdtype(output.dtype, jnp.floating):
+        return False
+    if jnp.issubdtype(labels.dtype, jnp.integer):
+        return output.ndim == labels.ndim + 1 and output.shape[:-1] == labels.shape
+    return output.shape == labels.shape
+
+
+def predictions(outputs: Any, labels: Any) -> jax.Array:
+    """The output the default loss compares with ``labels``: the one that fits them.
+
+    A model may return one array or several (``(logits, cache)``, a dict, ...). An
+    output *fits* integer labels when it has their shape plus one class axis
+    (``labels.shape + (classes,)``), and float labels when it has their shape. Exactly
+    one floating array of ``outputs`` must fit. None fitting, or several (a
+    ``(logits, hidden)`` pair whose shapes both fit), raises a ``ValueError`` that lists
+    the outputs and asks for ``loss_fn=``: shapes alone cannot tell logits from
+    features, and a float output of another shape would silently broadcast against the
+    labels in the squared error.
+
+    Example:
+      >>> from flaxinit.diagnostics.probe import predictions
+      >>> logits, cache = jnp.zeros((2, 5, 9)), jnp.zeros((2, 5, 4, 8))
+      >>> predictions((logits, {"k": cache}), jnp.zeros((2, 5), jnp.int32)).shape
+      (2, 5, 9)
+    """
+    labels = jnp.asarray(labels)
+    leaves = jax.tree_util.tree_flatten_with_path(outputs)[0]
+    fitting = [(kp, leaf) for kp, leaf in leaves if _fits(leaf, labels)]
+    if len(fitting) == 1:
+        return fitting[0][1]
+    kind = "integer" if jnp.issubdtype(labels.dtype, jnp.integer) else "float"
+    want = (
+        f"their shape plus a class axis, ({''.join(f'{n}, ' for n in labels.shape)}classes)"
+        if kind == "integer"
+        else f"their own shape {labels.shape} (another would broadcast in the squared error)"
+    )
+
+    def describe(kp, leaf) -> str:
+        where = jax.tree_util.keystr(kp)
+        shape = getattr(leaf, "shape", None)
+        what = f"{tuple(shape)} {leaf.dtype}" if shape is not None else type(leaf).__name__
+        return f"{where} {what}" if where else what
+
+    target = f"the labels {labels.shape} {labels.dtype}"
+    if fitting:
+        problem = (
+            f"{len(fitting)} outputs fit {target}: "
+            f"{', '.join(describe(kp, leaf) for kp, leaf in fitting)}; the default loss "
+            "cannot tell which one holds the predictions"
+        )
+    elif len(leaves) == 1:
+        problem = (
+            f"the model's output {describe(*leaves[0])} does not fit {target}: {kind} labels "
+            f"need an output of {want}"
+        )
+    else:
+        listed = "; ".join(describe(kp, leaf) for kp, leaf in leaves[:8])
+        more = f"; and {len(leaves) - 8} more" if len(leaves) > 8 else ""
+        problem = (
+            f"no output of the model fits {target} ({kind} labels need an output of "
+            f"{want}); it returns {listed}{more}"
+        )
+    example = ""
+    if len(leaves) > 1:
+        pick = jax.tree_util.keystr((fitting or leaves)[0][0])
+        example = (
+            ", e.g. loss_fn=lambda outputs, labels: "
+            f"flaxinit.diagnostics.default_loss(outputs{pick}, labels)"
+        )
+    raise ValueError(f"diagnostics: {problem}. Pass loss_fn=(outputs, labels) -> scalar{example}")
+
+
+def default_loss(outputs: Any, labels: jax.Array) -> jax.Array:
     """Softmax cross-entropy for integer labels (mean over examples), else mean squared error.
 
-    ``mean(-log softmax(outputs)[labels])`` or ``mean((outputs - labels)**2)``.
+    ``mean(-log softmax(outputs)[labels])`` or ``mean((outputs - labels)**2)``. The
+    outputs may be several arrays (``(logits, cache)``): the one that fits the labels is
+    used, see :func:`predictions`, which also refuses outputs that do not fit.
     """
+    outputs = predictions(outputs, labels)
     if jnp.issubdtype(jnp.asarray(labels).dtype, jnp.integer):
         return optax.softmax_cross_entropy_with_integer_labels(outputs, labels).mean()
     return jnp.mean(jnp.square(outputs - labels))
@@ -363,11 +507,14 @@ class Capture:
     """What one probed run saw. Lives only inside a trace (its arrays may be tracers).
 
     ``deltas[k]`` is dLoss/d(outputs[k]); ``grads`` is dLoss/d(params). Both are ``None``
-    without a loss. ``modules`` lists module paths in first-call order.
+    without a loss. ``modules`` lists module paths in first-call order. ``normed[k]`` is
+    the output of the norm layer called on linear output ``k`` (its pre-activation), or
+    ``None``.
     """
 
     sites: tuple[Site, ...]
     outputs: list[jax.Array]
+    normed: list[jax.Array | None]
     deltas: list[jax.Array] | None
     params: Any
     grads: Any
@@ -393,7 +540,14 @@ def run(spec: Hashable, dynamic: Any, x: Any, labels: Any = None, *, gradients: 
         rec = _Recorder(None)
         _forward(spec, dynamic, params, x, rec)
         return Capture(
-            tuple(rec.sites), rec.outputs, None, params, None, tuple(rec.modules), spec.activation
+            tuple(rec.sites),
+            rec.outputs,
+            rec.normed,
+            None,
+            params,
+            None,
+            tuple(rec.modules),
+            spec.activation,
         )
     loss_fn = spec.loss_fn or default_loss
     shapes = jax.eval_shape(lambda p: _recorded_outputs(spec, dynamic, p, x), params)
@@ -404,14 +558,21 @@ def run(spec: Hashable, dynamic: Any, x: Any, labels: Any = None, *, gradients: 
         rec = _Recorder(perturbations)
         recs.append(rec)
         out = _forward(spec, dynamic, p, x, rec)
-        return loss_fn(out, labels), rec.outputs
+        return loss_fn(out, labels), (rec.outputs, rec.normed)
 
-    (_, outputs), (grads, deltas) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
-        params, zeros
-    )
+    (_, (outputs, normed)), (grads, deltas) = jax.value_and_grad(
+        loss, argnums=(0, 1), has_aux=True
+    )(params, zeros)
     rec = recs[-1]
     return Capture(
-        tuple(rec.sites), outputs, deltas, params, grads, tuple(rec.modules), spec.activation
+        tuple(rec.sites),
+        outputs,
+        normed,
+        deltas,
+        params,
+        grads,
+        tuple(rec.modules),
+        spec.activation,
     )
 
 

@@ -140,9 +140,12 @@ def lsuv(
       rate. BatchNorm runs with the flags in ``call_kwargs`` (e.g.
       ``{"use_running_average": False}`` in Linen to normalize with batch stats); its
       running statistics are not updated.
-    * ``nn.scan``/``nnx.vmap`` stacks get one scale per layer of the stack. Linen
-      scans must list ``'intermediates': 0`` in ``variable_axes`` (where the
-      per-layer measurements travel, as for ``capture_intermediates``).
+    * ``nn.scan``/``nn.vmap``/``nnx.vmap`` stacks get one scale per layer of the
+      stack, as the same layers unrolled would. A Linen stack needs only its params
+      stacked (``variable_axes={'params': 0}``): each measurement travels next to its
+      kernel, so ``'intermediates'`` need not be listed. A transform that shares one
+      kernel across its iterations (``variable_broadcast='params'``) is refused: leave
+      that layer out with ``layers=``.
     * A batch sharded over a mesh (data parallel) gives the global variance: the same
       result as on one device, up to float rounding of the reductions.
 

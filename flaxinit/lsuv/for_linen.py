@@ -1,5 +1,18 @@
 """LSUV for ``flax.linen`` modules: ``nn.intercept_methods`` rescales each selected
-layer's output while the batch flows, and the scales are folded into the kernels."""
+layer's output while the batch flows, and the scales are folded into the kernels.
+
+Where the measurements travel. Inside a lifted transform (``nn.scan``, ``nn.vmap``) the
+interceptor sees tracers of the transform's body, so a layer's measurement must leave
+through a variable collection the transform maps. A layer whose kernel is stacked in the
+tree (a scan or vmap with ``variable_axes={'params': 0}``, as Flax's docs write it) puts
+its measurement next to its kernel, in ``params``: it then comes out stacked on the
+kernel's own axes, one slice per layer, whatever the transform's ``variable_axes`` say
+about ``intermediates``. (Only inside LSUV's own forward pass; the variables returned
+hold no such entry.) Any other layer sows into ``intermediates``, as
+``capture_intermediates`` does. A layer inside a transform that shares one kernel across
+its iterations (``variable_broadcast='params'``) has nothing to scale per iteration:
+LSUV says so and asks to leave it out.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +41,8 @@ from flaxinit.lsuv.layers import (
 
 DEFAULT_TYPES = (nn.Dense, nn.DenseGeneral, nn.Conv, nn.ConvTranspose, nn.Einsum)
 _SOWN = "lsuv_"
+# The name of a stacked layer's measurement next to its kernel (see the module docstring).
+_BESIDE_KERNEL = "__flaxinit_lsuv_fit__"
 
 
 def _layout(module: nn.Module, kernel_shape: tuple[int, ...]):
@@ -123,6 +138,12 @@ def measure_and_fit(
     the size of its output blob, in the order of ``layers``.
     """
     selected = {info.name for info in layers}
+    # Layers whose kernel is stacked (nn.scan, nn.vmap): their measurement travels with it.
+    stacked = {
+        info.name
+        for info in layers
+        if _stack_ndim(info, meta.unbox(_get(variables, info.kernel_path))) > 0
+    }
     sizes: dict[str, int] = {}
 
     def intercept(next_fun, args, kwargs, ctx):
@@ -141,20 +162,29 @@ def measure_and_fit(
             bias = next_fun(jnp.zeros_like(args[0]), *args[1:], **kwargs)
         sizes[name] = out.size
         rescaled, sown = fit_output(out, bias, config)
-        module.sow("intermediates", _SOWN + "fit", sown)
+        if name in stacked:
+            earlier = module.get_variable("params", _BESIDE_KERNEL, ())
+            module.put_variable("params", _BESIDE_KERNEL, (*earlier, sown))
+        else:
+            module.sow("intermediates", _SOWN + "fit", sown)
         return rescaled
 
     with nn.intercept_methods(intercept):
         _, state = model.apply(variables, batch, mutable=True, **call_kwargs)
-    intermediates = state.get("intermediates", {})
     measured = []
     for info in layers:
         try:
-            sown = _get(intermediates, info.kernel_path[1:-1])[_SOWN + "fit"]
+            if info.name in stacked:
+                sown = _get(state["params"], info.kernel_path[1:-1])[_BESIDE_KERNEL]
+            else:
+                sown = _get(state.get("intermediates", {}), info.kernel_path[1:-1])[_SOWN + "fit"]
         except KeyError:
             raise ValueError(
-                f"lsuv: no measurement came back from {info.name!r}; if it sits inside nn.scan, "
-                "add 'intermediates': 0 to the scan's variable_axes"
+                f"lsuv: no measurement came back from {info.name!r}: it runs inside a "
+                "lifted transform (nn.scan, nn.vmap) that shares one kernel across its "
+                "iterations (params broadcast, not stacked), and LSUV scales each kernel "
+                "once: leave it out with layers=, or stack its params "
+                "(variable_axes={'params': 0})"
             ) from None
         if len(sown) != 1:
             raise ValueError(

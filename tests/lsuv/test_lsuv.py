@@ -229,17 +229,120 @@ def test_linen_scanned_stack_gets_a_scale_per_layer():
     assert abs(variance_over_blob(state["intermediates"]["head"]["__call__"][0]) - 1) < TOL
 
 
-def test_linen_scan_without_intermediates_axis_raises_clearly():
-    class Bad(nn.Module):
+class ReluBlock(nn.Module):
+    @nn.compact
+    def __call__(self, x, _):
+        return nn.relu(nn.Dense(32, name="fc", bias_init=fi.constant(0.1))(x)), None
+
+
+STACK = 5
+
+
+class StockScan(nn.Module):
+    """A stack as Flax's docs write it: ``variable_axes={'params': 0}`` only."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Dense(32, name="inp")(x)
+        stack = nn.scan(
+            ReluBlock, variable_axes={"params": 0}, split_rngs={"params": True}, length=STACK
+        )
+        x, _ = stack(name="layers")(x, None)
+        return nn.Dense(10, name="head")(x)
+
+
+class Unrolled(nn.Module):
+    """StockScan's layers one by one: ``layers_<i>/fc``."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Dense(32, name="inp")(x)
+        for i in range(STACK):
+            x, _ = ReluBlock(name=f"layers_{i}")(x, None)
+        return nn.Dense(10, name="head")(x)
+
+
+def unroll(variables):
+    """StockScan's variables in Unrolled's layout: slice i of the stack is layers_<i>."""
+    params = dict(variables["params"])
+    stacked = params.pop("layers")
+    for i in range(STACK):
+        params[f"layers_{i}"] = jax.tree.map(lambda a, i=i: a[i], stacked)
+    return {"params": params}
+
+
+def test_linen_stock_scan_reaches_unit_variance_per_layer():
+    # No 'intermediates' in variable_axes: LSUV must not need the model edited.
+    x = batch((128, 16))
+    variables, report = lsuv(StockScan(), None, x, key=KEY)
+    assert [r.path for r in report] == ["inp", *[f"layers/fc[{i}]" for i in range(STACK)], "head"]
+    assert report.converged
+    captured = linen_output_vars(Unrolled(), unroll(variables), x)
+    assert len(captured) == STACK + 2
+    for name, y in captured.items():
+        assert abs(variance_over_blob(y) - 1.0) < TOL, name
+
+
+def test_linen_stock_scan_equals_the_unrolled_model():
+    x = batch((128, 16))
+    variables = StockScan().init(KEY, x)
+    scanned, scanned_report = lsuv(StockScan(), variables, x, pre_init=None)
+    unrolled, unrolled_report = lsuv(Unrolled(), unroll(variables), x, pre_init=None)
+    chex.assert_trees_all_close(unroll(scanned), unrolled, rtol=1e-5, atol=1e-6)
+    assert len({round(r.scale, 4) for r in scanned_report}) > 1  # a scale per layer
+    for a, b in zip(scanned_report, unrolled_report, strict=True):
+        assert a.scale == pytest.approx(b.scale, rel=1e-5), (a.path, b.path)
+        assert a.var_after == pytest.approx(b.var_after, rel=1e-5), (a.path, b.path)
+
+
+class Member(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(8, name="out")(nn.relu(nn.Dense(32, name="fc")(x)))
+
+
+class Ensemble(nn.Module):
+    """``nn.vmap`` over members, each with its own params and its own slice of the batch."""
+
+    @nn.compact
+    def __call__(self, x):
+        members = nn.vmap(
+            Member, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=0
+        )
+        return members(name="members")(x)
+
+
+def test_linen_stock_vmap_fits_each_member_on_its_own_slice():
+    members = 3
+    # Each member sees inputs of another scale, so each gets its own scales.
+    x = batch((members, 64, 16)) * jnp.array([0.5, 1.0, 4.0])[:, None, None]
+    variables = Ensemble().init(KEY, x)
+    result, report = lsuv(Ensemble(), variables, x, pre_init=None)
+    assert [r.path for r in report] == [
+        *[f"members/fc[{i}]" for i in range(members)],
+        *[f"members/out[{i}]" for i in range(members)],
+    ]
+    assert report.converged
+    for i in range(members):
+        own = jax.tree.map(lambda a, i=i: a[i], variables["params"]["members"])
+        alone, _ = lsuv(Member(), {"params": own}, x[i], pre_init=None)
+        got = jax.tree.map(lambda a, i=i: a[i], result["params"]["members"])
+        chex.assert_trees_all_close(got, alone["params"], rtol=1e-5, atol=1e-6)
+        for name, y in linen_output_vars(Member(), alone, x[i]).items():
+            assert abs(variance_over_blob(y) - 1.0) < TOL, (i, name)
+
+
+def test_linen_scan_sharing_one_kernel_raises_clearly():
+    class Shared(nn.Module):
         @nn.compact
         def __call__(self, x):
             stack = nn.scan(
-                Block, variable_axes={"params": 0}, split_rngs={"params": True}, length=2
+                ReluBlock, variable_broadcast="params", split_rngs={"params": False}, length=3
             )
             return stack(name="layers")(x, None)[0]
 
-    with pytest.raises(Exception, match="intermediates"):
-        lsuv(Bad(), None, batch((16, 32)), key=KEY)
+    with pytest.raises(ValueError, match=r"'layers/fc'.*shares one kernel.*layers="):
+        lsuv(Shared(), None, batch((16, 32)), key=KEY)
 
 
 class NNXBlock(nnx.Module):
