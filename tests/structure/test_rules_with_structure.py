@@ -288,3 +288,27 @@ def test_recipe_on_the_wrong_model_names_the_keyword():
     with pytest.raises(ValueError, match=r"gpt2\(residual=") as info:
         fi.apply_rules(tree, recipes.gpt2(2), key=KEY)
     assert "strict=False" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "residual"),
+    [
+        ("lm1b_like", "MlpBlock_0/Dense_1/kernel"),
+        ("scanned_linen_like", "fc2/kernel"),
+        ("maxtext_like", "mlp/wo/kernel"),
+        ("mha_mlp_nnx_like", "mlp/linear2/kernel"),
+    ],
+)
+def test_gpt2_residual_std_on_the_other_lookalikes(name, residual):
+    _, s, tree = prepared(name)
+    out = values(fi.apply_rules(tree, recipes.gpt2(s.num_layers), key=KEY, structure=s))
+    assert_std(stacked(out, residual), 0.02 / math.sqrt(2 * s.num_layers), 0.02)
+    assert_std(stacked(out, "query/kernel"), 0.02)
+
+
+def test_he_cnn_on_a_grouped_conv():
+    _, s, tree = prepared("grouped_conv_like")
+    out = values(fi.apply_rules(tree, recipes.he_cnn(), key=KEY, structure=s))
+    kernel = out["params/ResNeXtBlock_0/Conv_1/kernel"]
+    kh, kw, _, cout = kernel.shape  # (3, 3, width / 4, width): fan_out is kh * kw * cout
+    assert_std(kernel, math.sqrt(2 / (kh * kw * cout)), math.sqrt(2 / (kh * kw * cout / 4)))
