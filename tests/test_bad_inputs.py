@@ -256,6 +256,99 @@ CASES = [
 ]
 
 
+def _zoo_gpt_tree(num_layers: int):
+    from flaxinit.models import GPT
+
+    tokens = jnp.zeros((1, 4), jnp.int32)
+    shapes = jax.eval_shape(GPT(num_layers=num_layers).init, KEY, tokens)
+    return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+
+
+_HEAD = {"head": {"kernel": jnp.ones((64, 10)), "bias": jnp.zeros((10,))}}
+_BIAS = {"b": jnp.zeros((64,))}
+
+CASES += [
+    # Item 1: at[] out of range or partial.
+    Case(
+        "at[..., 64:128] on a (64,) bias",
+        lambda: fi.apply_rules(_BIAS, [("b", fi.at[..., 64:128](fi.fill(1.0)))]),
+        ValueError,
+        "'b' of shape (64,): axis 0 has size 64",
+    ),
+    Case(
+        "at[200] on a (64,) bias",
+        lambda: fi.apply_rules(_BIAS, [("b", fi.at[200](fi.fill(1.0)))]),
+        ValueError,
+        "index 200 is outside [-64, 64)",
+    ),
+    Case(
+        "at[32:96] on a (64,) bias sets only 32 entries",
+        lambda: fi.apply_rules(_BIAS, [("b", fi.at[32:96](fi.fill(1.0)))]),
+        ValueError,
+        "slice 32:96 reaches outside [0, 64]",
+    ),
+    # Item 2: per_layer on a leaf nothing says is a stack.
+    Case(
+        "per_layer on a (64, 10) head",
+        lambda: fi.apply_rules(_HEAD, [("head/kernel", fi.per_layer(fi.scale(0.5)))]),
+        ValueError,
+        "say so with per_layer(..., axis=0)",
+    ),
+    # Item 3: a recipe's num_layers against the tree's depth.
+    Case(
+        "gpt2(12) on a 2-layer tree",
+        lambda: fi.apply_rules(_zoo_gpt_tree(2), fi.recipes.gpt2(12), key=KEY),
+        ValueError,
+        "built for num_layers=12, but the model has 2 layers",
+    ),
+    # Item 4: a recipe on the wrong model names its keyword, not strict=False.
+    Case(
+        "gpt2 on a tree without its residual names",
+        lambda: fi.apply_rules(
+            {"params": {"Conv_0": {"kernel": jnp.zeros((3, 3, 3, 8))}}},
+            fi.recipes.gpt2(2),
+            key=KEY,
+        ),
+        ValueError,
+        "pass gpt2(residual=<this model's pattern>) or None",
+    ),
+    # Item 10: a fan-based re-draw reaching a 1-D leaf names the rule and the leaf.
+    Case(
+        "('*', he_normal()) reaching a bias",
+        lambda: fi.apply_rules(
+            {"dense": {"kernel": jnp.zeros((4, 3)), "bias": jnp.zeros((3,))}},
+            [("*", fi.he_normal())],
+            key=KEY,
+        ),
+        ValueError,
+        "failed on the leaf at 'dense/bias' of shape (3,)",
+    ),
+    # Issue 14: role selectors and structures.
+    Case(
+        "a role selector without structure=",
+        lambda: fi.apply_rules(_BIAS, [("@mlp_out", fi.scale(0.5))]),
+        ValueError,
+        "pass structure=fi.model_structure(model, *inputs)",
+    ),
+    Case(
+        "an unknown role",
+        lambda: fi.apply_rules(_BIAS, [("@mlp_output", fi.scale(0.5))]),
+        ValueError,
+        "unknown role '@mlp_output'; roles: @embedding",
+    ),
+    Case(
+        "a structure of another model",
+        lambda: fi.apply_rules(
+            _zoo_gpt_tree(2),
+            [("bias", fi.fill(0.0))],
+            structure=fi.model_structure(nn.Dense(3), X),
+        ),
+        ValueError,
+        "structure= does not describe this tree",
+    ),
+]
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.description for c in CASES])
 def test_bad_input_raises_clearly(case):
     with pytest.raises(case.error) as info:
