@@ -28,8 +28,10 @@ from __future__ import annotations
 import collections
 import dataclasses
 import difflib
+import functools
 import numbers
 import re
+import types
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -812,6 +814,42 @@ def _draw_problem(info: LeafInfo, rule: Rule, action: Any) -> str | None:
     return None
 
 
+def _fingerprint(obj: Any, depth: int = 0) -> Any:
+    """A hashable key equal for value-equal rule sets, so that calling a recipe again
+    (new closures, the same code and captured values) reuses the compiled program.
+
+    Functions are keyed by their code, defaults and captured values; dataclasses by
+    type and fields; other objects by their own hash (identity, for most). Anything
+    unhashable raises ``TypeError``: the caller then compiles without the cache.
+    """
+    if depth > 24:
+        raise TypeError("too deep to fingerprint")
+    if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes, np.dtype)):
+        return obj
+    if isinstance(obj, tuple):
+        return tuple(_fingerprint(x, depth + 1) for x in obj)
+    if isinstance(obj, frozenset):
+        return frozenset(_fingerprint(x, depth + 1) for x in obj)
+    if isinstance(obj, types.FunctionType):
+        cells = tuple(c.cell_contents for c in obj.__closure__ or ())
+        kwdefaults = tuple(sorted((obj.__kwdefaults__ or {}).items()))
+        return (
+            "function",
+            obj.__code__,
+            _fingerprint(obj.__defaults__, depth + 1),
+            _fingerprint(kwdefaults, depth + 1),
+            _fingerprint(cells, depth + 1),
+        )
+    if isinstance(obj, functools.partial):
+        kwargs = tuple(sorted(obj.keywords.items()))
+        return ("partial", *_fingerprint((obj.func, obj.args, kwargs), depth + 1))
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        fields = tuple(getattr(obj, f.name) for f in dataclasses.fields(obj) if f.compare)
+        return (type(obj), _fingerprint(fields, depth + 1))
+    hash(obj)
+    return (type(obj), obj)
+
+
 _PROGRAMS: collections.OrderedDict[Any, Any] = collections.OrderedDict()
 _MAX_PROGRAMS = 32
 
@@ -855,7 +893,9 @@ def _program(
         leaves = tuple(
             (info, hits, layers.layers[n], layers.leaf_signature(n)) for n, info, hits in steps
         )
-        signature = (leaves, layers.signature(), shardings and tuple(shardings), layouts)
+        signature = _fingerprint(
+            (leaves, layers.signature(), shardings and tuple(shardings), layouts)
+        )
         hash(signature)
     except TypeError:  # an unhashable action argument or context value: no cache
         return make()

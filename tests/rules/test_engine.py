@@ -650,3 +650,26 @@ def test_closest_paths_are_ranked_by_segments():
         ValueError, match=r"closest paths: 'encoderdecoderblock_0/MlpBlock_0/Dense_1"
     ):
         apply_rules(tree, [("fc2/kernel", fill(0.0))])
+
+
+def test_an_equal_recipe_reuses_the_compiled_program_and_a_changed_one_does_not():
+    from flaxinit import recipes
+    from flaxinit.models import GPT
+    from flaxinit.rules import engine
+
+    tokens = jnp.zeros((1, 4), jnp.int32)
+    shapes = jax.eval_shape(GPT(num_layers=2).init, jax.random.key(0), tokens)
+    tree = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+    key = jax.random.key(3)
+    first = apply_rules(tree, recipes.gpt2(2), key=key)
+    programs = dict(engine._PROGRAMS)
+    # A new call of the recipe builds new closures with the same code and values.
+    again = apply_rules(tree, recipes.gpt2(2), key=key)
+    assert dict(engine._PROGRAMS).keys() == programs.keys()
+    chex.assert_trees_all_equal(first, again)
+    # Another std is another program and other values, never a stale result.
+    other = apply_rules(tree, recipes.gpt2(2, std=0.03), key=key)
+    assert len(set(engine._PROGRAMS) - set(programs)) == 1
+    w = other["params"]["blocks_0"]["mlp"]["fc1"]["kernel"]
+    v = first["params"]["blocks_0"]["mlp"]["fc1"]["kernel"]
+    np.testing.assert_allclose(np.asarray(w), 1.5 * np.asarray(v), rtol=1e-5)
