@@ -818,9 +818,12 @@ def _fingerprint(obj: Any, depth: int = 0) -> Any:
     """A hashable key equal for value-equal rule sets, so that calling a recipe again
     (new closures, the same code and captured values) reuses the compiled program.
 
-    Functions are keyed by their code, defaults and captured values; dataclasses by
-    type and fields; other objects by their own hash (identity, for most). Anything
-    unhashable raises ``TypeError``: the caller then compiles without the cache.
+    Functions are keyed by their code, defaults, captured values and the globals
+    their code reads (a ``lambda ctx: FACTOR`` sees a changed ``FACTOR``);
+    dataclasses by type and fields; other objects only if they compare by value.
+    An object hashed by identity could change between calls without changing its
+    key, so it, like anything unhashable, raises ``TypeError``: the caller then
+    compiles without the cache, as for an unhashable context value.
     """
     if depth > 24:
         raise TypeError("too deep to fingerprint")
@@ -833,21 +836,49 @@ def _fingerprint(obj: Any, depth: int = 0) -> Any:
     if isinstance(obj, types.FunctionType):
         cells = tuple(c.cell_contents for c in obj.__closure__ or ())
         kwdefaults = tuple(sorted((obj.__kwdefaults__ or {}).items()))
+        names = _global_names(obj.__code__)
+        # A global function, class or module is the same code while it is the same
+        # object (rebinding the name gives a new one): keyed by identity, not followed.
+        reads = tuple(
+            (name, _global_key(obj.__globals__[name], depth))
+            for name in sorted(names)
+            if name in obj.__globals__
+        )
         return (
             "function",
             obj.__code__,
             _fingerprint(obj.__defaults__, depth + 1),
             _fingerprint(kwdefaults, depth + 1),
             _fingerprint(cells, depth + 1),
+            reads,
         )
+    if isinstance(obj, (types.ModuleType, type, types.BuiltinFunctionType)):
+        return obj  # modules, classes and builtins: the same object is the same code
     if isinstance(obj, functools.partial):
         kwargs = tuple(sorted(obj.keywords.items()))
         return ("partial", *_fingerprint((obj.func, obj.args, kwargs), depth + 1))
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         fields = tuple(getattr(obj, f.name) for f in dataclasses.fields(obj) if f.compare)
         return (type(obj), _fingerprint(fields, depth + 1))
+    if type(obj).__hash__ is object.__hash__:
+        raise TypeError(f"{type(obj).__name__} is hashed by identity")
     hash(obj)
     return (type(obj), obj)
+
+
+def _global_key(value: Any, depth: int) -> Any:
+    if isinstance(value, (types.FunctionType, types.ModuleType, type, types.BuiltinFunctionType)):
+        return ("object", id(value), value)
+    return _fingerprint(value, depth + 1)
+
+
+def _global_names(code: types.CodeType) -> set[str]:
+    """The global names ``code`` and the functions defined in it may read."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_names(const)
+    return names
 
 
 _PROGRAMS: collections.OrderedDict[Any, Any] = collections.OrderedDict()

@@ -33,23 +33,6 @@ from jax.extend import core as jcore
 
 __all__ = ["Facts", "Use", "analyze"]
 
-# Elementwise ops that keep a value linear in each operand: flags and reach pass.
-_LINEAR_ELEMENTWISE = {
-    "add",
-    "add_any",
-    "sub",
-    "mul",
-    "div",
-    "neg",
-    "select_n",
-    "convert_element_type",
-    "copy",
-    "copy_p",
-    "reduce_precision",
-    "real",
-    "imag",
-    "conj",
-}
 # Ops that only move or index data: views are carried with an axis map.
 _SHAPE_OPS = {
     "reshape",
@@ -139,7 +122,7 @@ class Facts:
     uses: list[list[Use]]
     attention: list[set[str]]
     residual: list[bool]
-    residual_adds: list[tuple[int, frozenset[int], frozenset[int]]]
+    residual_adds: list[frozenset[int]]
     feeders: list[set[int]]
     split_axes: list[set[int]]
     output_reach: set[int]
@@ -185,7 +168,7 @@ def _shape(v: Any) -> tuple[int, ...]:
     return tuple(int(d) if isinstance(d, (int, np.integer)) else -1 for d in shape)
 
 
-def _axes_union(groups: Sequence[tuple[int, ...]]) -> tuple[int, ...]:
+def axes_union(groups: Sequence[tuple[int, ...]]) -> tuple[int, ...]:
     out: list[int] = []
     for g in groups:
         for a in g:
@@ -264,7 +247,7 @@ def _axis_map(eqn: Any, in_shape: tuple[int, ...]) -> tuple[list[list[int]], set
 def _map_view(view: View, amap: list[list[int]], indexed: set[int]) -> View:
     """``view`` after a shape op; leaf axes on ``indexed`` axes become indexed away."""
     newly = {la for a in indexed for la in view.axes[a]}
-    axes = tuple(_axes_union([view.axes[a] for a in src if a not in indexed]) for src in amap)
+    axes = tuple(axes_union([view.axes[a] for a in src if a not in indexed]) for src in amap)
     return dataclasses.replace(view, axes=axes, indexed=view.indexed | newly)
 
 
@@ -505,7 +488,7 @@ class _Pass:
                 after_linear=other.linear,
                 embedded=other.embedded,
                 offset=view.offset,
-                fan_out_axes=_axes_union(view.axes),
+                fan_out_axes=axes_union(view.axes),
                 batch_axes=tuple(sorted(view.indexed)),
                 stacked_axes=tuple(sorted(view.indexed)),
                 detail=(
@@ -569,9 +552,7 @@ class _Pass:
             return None
         for leaf in branch.reach:
             self.facts.residual[leaf] = True
-        self.facts.residual_adds.append(
-            (len(self.facts.residual_adds), branch.reach, frozenset(branch.feeders))
-        )
+        self.facts.residual_adds.append(branch.reach)
         return Info(
             act=True,
             embedded=a.embedded or b.embedded,
@@ -657,9 +638,9 @@ class _Pass:
             leaves = []
             out_axes: dict[int, tuple[int, ...]] = {}
             for view in p.views:
-                fan_in = _axes_union([view.axes[a] for a in pc])
-                fan_out = _axes_union([view.axes[a] for a in pfree])
-                batch = _axes_union([view.axes[a] for a in pb]) + tuple(sorted(view.indexed))
+                fan_in = axes_union([view.axes[a] for a in pc])
+                fan_out = axes_union([view.axes[a] for a in pfree])
+                batch = axes_union([view.axes[a] for a in pb]) + tuple(sorted(view.indexed))
                 self.linear_leaves.add(view.leaf)
                 self.use(
                     view.leaf,
@@ -726,8 +707,8 @@ class _Pass:
             return self.merged(ins)
         leaves = []
         for view in rhs.views:
-            fan_out = _axes_union([view.axes[rhs_spec[0]]])
-            fan_in = _axes_union([view.axes[a] for a in (*rhs_spec[2:], rhs_spec[1])])
+            fan_out = axes_union([view.axes[rhs_spec[0]]])
+            fan_in = axes_union([view.axes[a] for a in (*rhs_spec[2:], rhs_spec[1])])
             batch = tuple(sorted(view.indexed))
             groups = eqn.params.get("feature_group_count", 1)
             self.linear_leaves.add(view.leaf)
@@ -748,7 +729,7 @@ class _Pass:
             leaves.append(view.leaf)
         out_shape = _shape(eqn.outvars[0])
         out_feature = dn.out_spec[1]
-        out_axes = {out_feature: _axes_union([rhs.views[0].axes[rhs_spec[0]]])}
+        out_axes = {out_feature: axes_union([rhs.views[0].axes[rhs_spec[0]]])}
         return self._linear_out(leaves, lhs, out_axes, leaves[0], len(out_shape))
 
     def gather(self, eqn: Any, ins: list[Info]) -> Info:
@@ -758,13 +739,13 @@ class _Pass:
         rows = math.prod(d for k, d in enumerate(out_shape) if k not in dn.offset_dims)
         if operand.views and (indices.act or rows > 1):
             for view in operand.views:
-                fan_in = _axes_union([view.axes[a] for a in dn.collapsed_slice_dims])
+                fan_in = axes_union([view.axes[a] for a in dn.collapsed_slice_dims])
                 rest = [
                     a
                     for a in range(len(view.axes))
                     if a not in dn.collapsed_slice_dims and a not in dn.operand_batching_dims
                 ]
-                fan_out = _axes_union([view.axes[a] for a in rest])
+                fan_out = axes_union([view.axes[a] for a in rest])
                 self.use(
                     view.leaf,
                     Use(
@@ -904,7 +885,3 @@ def analyze(closed_jaxpr: Any, num_leaves: int, num_inputs: int) -> Facts:
         for view in info.views:
             run.use(view.leaf, Use("other", "output", detail="returned as is"))
     return run.facts
-
-
-def prod(shape: Sequence[int]) -> int:
-    return math.prod(shape)

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from flaxinit.structure.dataflow import Facts, Use
+from flaxinit.structure.dataflow import Facts, Use, axes_union
 
 __all__ = ["ROLES", "LeafStructure", "classify"]
 
@@ -133,15 +133,6 @@ class LeafStructure:
         )
 
 
-def _union(groups: Sequence[Sequence[int]]) -> tuple[int, ...]:
-    out: list[int] = []
-    for g in groups:
-        for a in g:
-            if a not in out:
-                out.append(a)
-    return tuple(out)
-
-
 def _bias_fits(shape: tuple[int, ...], kernel: tuple[int, ...], fan_out: Sequence[int]) -> bool:
     """Whether a leaf of ``shape`` is shaped like the output features of a kernel."""
     want = [kernel[a] for a in sorted(fan_out)]
@@ -196,7 +187,7 @@ def classify(
         batch: tuple[int, ...] = ()
         offset = 0.0
         kinds = {u.kind for u in leaf_uses}
-        stacked = _union([u.stacked_axes for u in leaf_uses])
+        stacked = axes_union([u.stacked_axes for u in leaf_uses])
 
         def axes_of(selected: list[Use]) -> tuple[tuple[int, ...], ...]:
             first = selected[0]
@@ -225,7 +216,7 @@ def classify(
                 split = ()
             if split:
                 fan_out = tuple(a for a in fan_out if a not in split)
-                batch = _union([batch, split])
+                batch = axes_union([batch, split])
                 evidence += (f"output indexed apart along leaf axes {split}",)
             if facts.attention[i]:
                 roles = tuple(r for r in _ATTENTION_ORDER if r in facts.attention[i])
@@ -330,7 +321,7 @@ def _with_layers(
         block = -1
         parent: tuple[str, ...] | None = None
         prefixes: list[tuple[tuple[str, ...], int]] = []
-        for _, reach, _feeders in facts.residual_adds:
+        for reach in facts.residual_adds:
             members = sorted(reach | {f for r in reach for f in facts.feeders[r]})
             if not members or any(leaves[m].layer_axis is not None for m in members):
                 continue

@@ -673,3 +673,30 @@ def test_an_equal_recipe_reuses_the_compiled_program_and_a_changed_one_does_not(
     w = other["params"]["blocks_0"]["mlp"]["fc1"]["kernel"]
     v = first["params"]["blocks_0"]["mlp"]["fc1"]["kernel"]
     np.testing.assert_allclose(np.asarray(w), 1.5 * np.asarray(v), rtol=1e-5)
+
+
+_FACTOR = 0.5
+
+
+def test_a_cached_program_sees_a_changed_global():
+    global _FACTOR
+    tree = {"w": jnp.ones((3,))}
+    rules = lambda: [("w", scale(lambda ctx: _FACTOR))]
+    assert float(apply_rules(tree, rules())["w"][0]) == 0.5
+    _FACTOR = 2.0
+    try:
+        assert float(apply_rules(tree, rules())["w"][0]) == 2.0
+    finally:
+        _FACTOR = 0.5
+
+
+def test_a_cached_program_sees_a_mutated_object():
+    class Config:
+        factor = 0.5
+
+    config = Config()
+    tree = {"w": jnp.ones((3,))}
+    rules = lambda: [("w", scale(lambda ctx: config.factor))]
+    assert float(apply_rules(tree, rules())["w"][0]) == 0.5
+    config.factor = 3.0
+    assert float(apply_rules(tree, rules())["w"][0]) == 3.0
