@@ -294,3 +294,23 @@ def test_a_model_without_parameters_prints():
     s = model_structure(Identity(), jnp.ones(3))
     assert len(s) == 0
     assert "path" in str(s)
+
+
+def test_batchnorm_with_axis_name_and_tuple_outputs():
+    import flax.linen as nn
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.Conv(8, (3, 3), name="conv")(x)
+            h = nn.BatchNorm(use_running_average=True, axis_name="batch", name="bn")(h)
+            h = nn.relu(h)
+            logits = nn.Dense(3, name="head")(h.mean(axis=(1, 2)))
+            return logits, {"features": h}  # (logits, cache)
+
+    s = model_structure(Net(), jnp.ones((2, 6, 6, 3)))
+    assert s["params/conv/kernel"].role == "conv"
+    assert s["params/bn/scale"].role == "norm_scale"
+    assert s["params/bn/bias"].role == "norm_bias"
+    assert s["params/head/kernel"].role == "readout"
+    assert "statistic" in s["batch_stats/bn/mean"].reason
