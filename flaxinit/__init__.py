@@ -1,6 +1,6 @@
 """flaxinit: neural-network parameter initialization for JAX and Flax."""
 
-from flaxinit import models, recipes, sharding
+from flaxinit import models, mup, recipes, sharding
 from flaxinit.diagnostics import (
     ActivationRecord,
     Finding,
@@ -109,6 +109,7 @@ __all__ = [
     "merge_pretrained",
     "model_structure",
     "models",
+    "mup",
     "nnx_init_sharded",
     "normal",
     "ones",

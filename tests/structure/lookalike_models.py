@@ -218,14 +218,21 @@ class GemmaBlock(nnx.Module):
 
 
 class GemmaLike(nnx.Module):
-    def __init__(self, *, rngs: nnx.Rngs, kv_heads: int = 2):
-        self.embedder = Embedder(
-            VOCAB, D_MODEL, embedding_init=nnx.initializers.normal(1.0), rngs=rngs
-        )
+    def __init__(
+        self,
+        *,
+        rngs: nnx.Rngs,
+        kv_heads: int = 2,
+        d: int = D_MODEL,
+        head_dim: int = HEAD_DIM,
+        ff: int = FF,
+        layers: int = LAYERS,
+    ):
+        self.embedder = Embedder(VOCAB, d, embedding_init=nnx.initializers.normal(1.0), rngs=rngs)
         self.layers = nnx.List(
-            [GemmaBlock(D_MODEL, HEADS, kv_heads, HEAD_DIM, FF, rngs=rngs) for _ in range(LAYERS)]
+            [GemmaBlock(d, HEADS, kv_heads, head_dim, ff, rngs=rngs) for _ in range(layers)]
         )
-        self.final_norm = GemmaRMSNorm(D_MODEL)
+        self.final_norm = GemmaRMSNorm(d)
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
         positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
