@@ -151,7 +151,8 @@ def _slopes(widths: Sequence[int], values: np.ndarray) -> np.ndarray:
 
 def _variables(model: Any, x: Any, key: Any, call_kwargs: Mapping[str, Any]) -> Any:
     if isinstance(model, nn.Module):
-        return model.init(key, x, **call_kwargs)
+        # One compiled init instead of one small program per initializer and shape.
+        return jax.jit(lambda key, x: model.init(key, x, **call_kwargs))(key, x)
     if isinstance(model, nnx.Module):
         return nnx.state(model, nnx.Param)
     raise TypeError(
