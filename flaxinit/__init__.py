@@ -65,10 +65,15 @@ from flaxinit.rules import (
 from flaxinit.sharding import init_sharded, nnx_init_sharded, partition_specs
 from flaxinit.structure import LeafStructure, ModelStructure, model_structure
 
+# Last: the doctor module imports flaxinit itself.
+from flaxinit.diagnostics.doctor import DoctorError, DoctorReport, doctor  # isort: skip
+
 __version__ = "0.1.0"
 
 __all__ = [
     "ActivationRecord",
+    "DoctorError",
+    "DoctorReport",
     "Finding",
     "GradientRecord",
     "HealthReport",
@@ -91,6 +96,7 @@ __all__ = [
     "constant",
     "delta_orthogonal",
     "dirac",
+    "doctor",
     "explain_rules",
     "fill",
     "glorot_normal",
