@@ -66,6 +66,7 @@ from flaxinit.diagnostics import (
     plot_depth_profiles,
 )
 from flaxinit.diagnostics.probe import blas_single_threaded
+from flaxinit.tables import format_table
 
 Batch = tuple[Any, Any]
 
@@ -384,15 +385,7 @@ def comparison_table(reports: Mapping[str, HealthReport]) -> str:
                 _label(report.status),
             ]
         )
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i in (0, len(cells) - 1) else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
+    return format_table(headers, rows, right=range(1, len(headers) - 1))
 
 
 def verdict(name: str, report: HealthReport, width: int) -> str:

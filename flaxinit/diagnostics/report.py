@@ -14,6 +14,7 @@ from flaxinit.diagnostics import probe, records
 from flaxinit.diagnostics.activations import ActivationRecord, activation_records
 from flaxinit.diagnostics.gradients import GradientRecord, gradient_records
 from flaxinit.diagnostics.weights import WeightRecord, structure_layouts, weight_records
+from flaxinit.tables import format_table
 
 SEVERITIES = ("info", "warning", "error")
 
@@ -418,19 +419,6 @@ def findings(
     return tuple(sorted(out, key=lambda f: order[f.severity]))
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 2) -> str:
-    """Aligned plain-text table; the first ``left`` columns are left-aligned."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-
-    def line(cells):
-        return "  ".join(
-            c.ljust(w) if i < left else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
-
-
 @dataclasses.dataclass(frozen=True)
 class HealthReport:
     """Records and findings of one model on one batch. ``str(report)`` is the printed table.
@@ -546,7 +534,7 @@ class HealthReport:
             ]
             for r in self.rows()
         ]
-        return _table(headers, rows)
+        return format_table(headers, rows, right=range(2, len(headers)))
 
     def __str__(self) -> str:
         lines = [self.table(), ""]

@@ -31,6 +31,7 @@ from flax import nnx
 from flaxinit.diagnostics import probe
 from flaxinit.mup import parametrization as _mup
 from flaxinit.rules import apply_rules
+from flaxinit.tables import format_table
 
 __all__ = ["CoordCheck", "coord_check"]
 
@@ -97,8 +98,6 @@ class CoordCheck:
         return f"grows with width: {named}{more}"
 
     def __str__(self) -> str:
-        from flaxinit.structure import _table
-
         steps = range(self.steps + 1)
         rows = [
             [
@@ -114,7 +113,7 @@ class CoordCheck:
             f"coordinate check ({self.parametrization}), widths {list(self.widths)}: "
             "slope of log mean|x| against log width"
         )
-        table = _table(["layer", *(f"t={t}" for t in steps)], rows)
+        table = format_table(["layer", *(f"t={t}" for t in steps)], rows)
         return f"{head}\n{table}\n{self.verdict}"
 
     def plot(self, path: str | pathlib.Path) -> pathlib.Path:

@@ -49,6 +49,7 @@ import optax
 from flaxinit.mup.shapes import BaseShapes, LeafShape, base_shapes, flatten
 from flaxinit.rules import actions as _actions
 from flaxinit.rules.paths import flatten_tree, layer_index
+from flaxinit.tables import format_table
 
 __all__ = [
     "OPTIMIZERS",
@@ -103,8 +104,6 @@ class Parametrization(NamedTuple):
     shapes: BaseShapes
 
     def __str__(self) -> str:
-        from flaxinit.structure import _table
-
         rows = [
             [
                 p.path,
@@ -120,7 +119,9 @@ class Parametrization(NamedTuple):
             ]
             for p in self.leaves
         ]
-        return _table(["path", "kind", "width_mult", "init", f"{self.optimizer} lr", "why"], rows)
+        return format_table(
+            ["path", "kind", "width_mult", "init", f"{self.optimizer} lr", "why"], rows
+        )
 
 
 def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:

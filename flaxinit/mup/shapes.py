@@ -27,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from flaxinit.rules.paths import LeafInfo, flatten_tree
+from flaxinit.tables import format_table
 
 __all__ = ["KINDS", "BaseShapes", "LeafShape", "base_shapes"]
 
@@ -133,8 +134,6 @@ class BaseShapes(collections.abc.Mapping):
         return "BaseShapes(" + ", ".join(f"{k}={counts[k]}" for k in KINDS if counts[k]) + ")"
 
     def __str__(self) -> str:
-        from flaxinit.structure import _table
-
         rows = [
             [
                 leaf.path,
@@ -146,7 +145,7 @@ class BaseShapes(collections.abc.Mapping):
             ]
             for leaf in self._leaves.values()
         ]
-        return _table(["path", "shape", "base", "kind", "infinite", "width_mult"], rows)
+        return format_table(["path", "shape", "base", "kind", "infinite", "width_mult"], rows)
 
 
 def flatten(tree: Any, what: str) -> list[tuple[LeafInfo, Any]]:

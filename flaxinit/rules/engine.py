@@ -50,6 +50,7 @@ from flaxinit.rules.actions import (
 )
 from flaxinit.rules.paths import FlatTree, LeafInfo, flatten_tree
 from flaxinit.rules.patterns import Pattern, compile_pattern, role_needs_structure
+from flaxinit.tables import format_table
 
 __all__ = [
     "LeafReport",
@@ -1115,13 +1116,6 @@ class UnmatchedRule:
     origin: str | None = None
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
-    sep = "  ".join("-" * w for w in widths)
-    return "\n".join([line(headers), sep, *(line(r) for r in rows)])
-
-
 class RulesReport(Sequence[LeafReport]):
     """What ``explain_rules`` found: one :class:`LeafReport` per leaf, in tree order.
 
@@ -1178,7 +1172,7 @@ class RulesReport(Sequence[LeafReport]):
         headers = ["path", "shape", "dtype", "layer"]
         if structural:
             headers += ["role", "fan axes"]
-        out = _table([*headers, "rules"], rows) if rows else "(no leaves)"
+        out = format_table([*headers, "rules"], rows) if rows else "(no leaves)"
         if self.legend:
             out += "\nrules:"
             for index, pattern, action in self.legend:

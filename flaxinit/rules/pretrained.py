@@ -10,6 +10,7 @@ import numpy as np
 
 from flaxinit.rules.engine import compile_rules, match_rules, raise_unmatched, unmatched
 from flaxinit.rules.paths import flatten_tree
+from flaxinit.tables import format_table
 
 __all__ = ["MergeRecord", "MergeReport", "merge_pretrained"]
 
@@ -77,10 +78,7 @@ class MergeReport(Sequence[MergeRecord]):
             for r in self.records
         ]
         headers = ["path", "source", "shape", "pretrained shape"]
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-        fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))
-        lines = [fmt(headers).rstrip(), "  ".join("-" * w for w in widths)]
-        lines += [fmt(r).rstrip() for r in rows]
+        lines = [format_table(headers, rows)]
         if self.unused:
             lines.append("unused pretrained leaves: " + ", ".join(self.unused))
         return "\n".join(lines)

@@ -31,6 +31,7 @@ import numpy as np
 
 from flaxinit.structure.dataflow import analyze
 from flaxinit.structure.roles import LINEAR_ROLES, ROLES, LeafStructure, classify
+from flaxinit.tables import format_table
 
 __all__ = ["LINEAR_ROLES", "ROLES", "LeafStructure", "ModelStructure", "model_structure"]
 
@@ -41,12 +42,6 @@ ROLE_GROUPS: dict[str, tuple[str, ...]] = {
     "mlp": ("mlp_in", "mlp_out"),
     "norm": ("norm_scale", "norm_bias"),
 }
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
-    return "\n".join([line(headers), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
 
 
 class ModelStructure(collections.abc.Mapping):
@@ -153,7 +148,9 @@ class ModelStructure(collections.abc.Mapping):
                     why,
                 ]
             )
-        return _table(["path", "shape", "role", "axes", "layer", "residual", "evidence"], rows)
+        return format_table(
+            ["path", "shape", "role", "axes", "layer", "residual", "evidence"], rows
+        )
 
     def check_tree(self, infos: Sequence[Any]) -> list[LeafStructure]:
         """Per leaf record (``path``, ``shape``) of a tree, its structure; raises
