@@ -349,6 +349,54 @@ CASES += [
 ]
 
 
+def _mlp_shapes(width: int):
+    model = nn.Sequential([nn.Dense(width), nn.relu, nn.Dense(width), nn.relu, nn.Dense(3)])
+    return jax.eval_shape(model.init, KEY, X)
+
+
+# Issue 17: muP.
+CASES += [
+    Case(
+        "mup: base of another model",
+        lambda: fi.mup.rules(_mlp_shapes(16), {"params": {"layers_0": {"kernel": X}}}),
+        ValueError,
+        "base has no leaf at 'params/layers_0/bias'",
+    ),
+    Case(
+        "mup: no width differs and no delta",
+        lambda: fi.mup.scale_updates(_mlp_shapes(16), _mlp_shapes(16)),
+        ValueError,
+        "pass base at another width, or delta=",
+    ),
+    Case(
+        "mup: a growing axis outside the fan axes",
+        lambda: fi.mup.base_shapes({"w": jnp.zeros((8, 4, 4))}, {"w": jnp.zeros((4, 4, 4))}),
+        ValueError,
+        "axis 0 of the leaf at 'w' (shape (8, 4, 4), base (4, 4, 4)) grows",
+    ),
+    Case(
+        "mup: an unsupported optimizer",
+        lambda: fi.mup.scale_updates(_mlp_shapes(16), _mlp_shapes(8), optimizer="lion"),
+        ValueError,
+        "optimizer must be one of ('adam', 'sgd'), got optimizer='lion'",
+    ),
+    Case(
+        "mup: init rules from an abstract base",
+        lambda: fi.mup.rules(_mlp_shapes(16), _mlp_shapes(8)),
+        ValueError,
+        "Pass base=base_model.init(key, x)",
+    ),
+    Case(
+        "mup: scale_updates on a tree it was not built for",
+        lambda: fi.mup.scale_updates(_mlp_shapes(16)["params"], _mlp_shapes(8)["params"]).update(
+            _mlp_shapes(32)["params"], None
+        ),
+        ValueError,
+        "the update at 'layers_0/bias' has shape (32,) but the parameters it was built for",
+    ),
+]
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.description for c in CASES])
 def test_bad_input_raises_clearly(case):
     with pytest.raises(case.error) as info:
