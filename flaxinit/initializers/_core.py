@@ -193,7 +193,7 @@ def with_out_sharding(compute: Callable[[], jax.Array], out_sharding: OutShardin
         out_sharding = jax.sharding.NamedSharding(mesh, out_sharding)
     explicit = tuple(out_sharding.mesh.explicit_axes)
     if explicit:
-        return jax.sharding.auto_axes(lambda: compute(), axes=explicit, out_sharding=out_sharding)()
+        return jax.sharding.auto_axes(compute, axes=explicit, out_sharding=out_sharding)()
     result = compute()
     if isinstance(result, jax.core.Tracer):
         return jax.lax.with_sharding_constraint(result, out_sharding)

@@ -197,7 +197,7 @@ def _segment_score(want: str, have: str) -> float:
     return score + 0.25 * difflib.SequenceMatcher(None, want.lower(), have.lower()).ratio()
 
 
-def _closest(pattern: Pattern, paths: Sequence[str], n: int = 3) -> tuple[str, ...]:
+def closest_paths(pattern: Pattern, paths: Sequence[str], n: int = 3) -> tuple[str, ...]:
     """The ``n`` existing paths most like ``pattern`` (for error messages): compared
     segment by segment from the end, by word (``fc`` ~ ``Dense``, ``attn`` ~
     ``MultiHeadDotProductAttention``) and index, then by spelling."""
@@ -300,11 +300,11 @@ def unmatched(
             present = tuple(dict.fromkeys(role for leaf in structure.leaves for role in leaf.roles))
             out.append(UnmatchedRule(r.index, pattern.source, present, True, pattern.origin))
         elif pattern.role is not None:
-            close = tuple(p for f in pattern.fallback for p in _closest(f, paths))
+            close = tuple(p for f in pattern.fallback for p in closest_paths(f, paths))
             source = f"{pattern.fallback_source} (the fallback of {pattern.source})"
             out.append(UnmatchedRule(r.index, source, close[:3], False, pattern.origin))
         else:
-            closest = _closest(pattern, paths)
+            closest = closest_paths(pattern, paths)
             out.append(UnmatchedRule(r.index, pattern.source, closest, False, pattern.origin))
     return out
 

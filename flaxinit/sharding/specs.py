@@ -8,7 +8,6 @@ fails before anything is traced or compiled.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -19,10 +18,9 @@ from flax.core import meta
 from flax.core import spmd as core_spmd
 from flax.linen import spmd as linen_spmd
 from flax.nnx import spmd as nnx_spmd
-from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from flaxinit.rules.engine import _closest, compile_rules, match_rules
+from flaxinit.rules.engine import closest_paths, compile_rules, match_rules
 from flaxinit.rules.paths import FlatTree, flatten_tree
 
 __all__ = ["check_spec", "partition_specs", "resolve_specs"]
@@ -114,15 +112,6 @@ def check_spec(
     return P(*out) if len(out) == len(spec) and tuple(out) != tuple(spec) else spec
 
 
-@dataclasses.dataclass(frozen=True)
-class PartitionRule:
-    """A compiled partition rule: its index, pattern source and spec."""
-
-    index: int
-    pattern: str
-    spec: P
-
-
 def rule_specs(
     flat: FlatTree, partition_rules: Iterable[Any], *, strict: bool = True
 ) -> list[P | None]:
@@ -155,7 +144,9 @@ def rule_specs(
                     "(the first matching rule wins)"
                 )
             else:
-                closest = ", ".join(repr(p) for p in _closest(r.pattern, paths)) or "(no leaves)"
+                closest = (
+                    ", ".join(repr(p) for p in closest_paths(r.pattern, paths)) or "(no leaves)"
+                )
                 lines.append(
                     f"partition rule {r.index} pattern {r.pattern.source!r} matched no leaf; "
                     f"closest paths: {closest}"
@@ -384,8 +375,3 @@ def partition_specs(
         strict=strict,
     )
     return outer_tree(flat, specs)
-
-
-def named_shardings(flat: FlatTree, specs: Sequence[P], mesh: Any) -> list[NamedSharding]:
-    """``NamedSharding(mesh, spec)`` per leaf."""
-    return [NamedSharding(mesh, spec) for spec in specs]
