@@ -1,6 +1,14 @@
-"""flaxinit's one-pass LSUV against a straightforward per-layer LSUV, side by side.
+"""flaxinit's LSUV: what a user pays, then the one-pass program against a
+straightforward per-layer LSUV, side by side.
 
-For ReLU MLPs of depth 20, 50 and 100 (width 256, batch 256) and a small conv net:
+User-paid first (ReLU MLPs of depth 20, 50 and 100 at width 256 and batch 256, the
+conv net, the zoo's ResNet and GPT):
+
+* `fi.lsuv`'s first call (trace, compile, run; every cache emptied) over a jitted
+  forward pass's first call, without and with the orthonormal pre-init;
+* a repeated call with a new key (the compiled programs reused), in forward passes.
+
+Then the in-program figures (ReLU MLPs of depth 20, 50 and 100 and a small conv net):
 
 * forward: one jitted forward pass (the unit of cost);
 * flaxinit: `lsuv(..., pre_init=None)`'s compiled program (variance fitting only),
@@ -12,7 +20,7 @@ For ReLU MLPs of depth 20, 50 and 100 (width 256, batch 256) and a small conv ne
   share one decomposition) against jax's orthogonal initializer over the same
   layers, run time and compile time.
 
-    python benchmarks/lsuv.py [--quick]
+    python benchmarks/lsuv.py [--quick] [--only-user-paid]
 """
 
 from __future__ import annotations
@@ -26,10 +34,12 @@ import jax
 import jax.numpy as jnp
 from _timing import machine
 
-from flaxinit.lsuv import _config, _pre_init_fn
+import flaxinit as fi
+from flaxinit.lsuv import _config
 from flaxinit.lsuv import for_linen as lsuv_linen
 from flaxinit.lsuv.fitting import scale_kernel
-from flaxinit.lsuv.layers import pre_initialize_kernels
+from flaxinit.lsuv.layers import _split_groups, orthonormal_groups
+from flaxinit.models import GPT, ResNet
 
 
 class MLP(nn.Module):
@@ -105,10 +115,9 @@ def compile_times(model, variables, x, key, config, repeats):
     forward, ours, ratios = [], [], []
     for _ in range(repeats):
         t_forward = compile_time(jax.jit(lambda v, x: model.apply(v, x)), variables, x)[0]
-        run, infos = lsuv_linen.build_program(
-            model, variables, x, layers=None, config=config, pre_init=None, call_kwargs={}
-        )
-        t_ours = compile_time(run.jitted, variables, x, key)[0]
+        run = lsuv_linen.build_program(model, layers=None, config=config, call_kwargs={})
+        t_ours = compile_time(run.jitted, variables, x)[0]
+        infos = run.traced["infos"]
         fold = jax.jit(scale_kernel.__wrapped__, static_argnames="stack")
         for shape in {info.kernel_shape for info in infos}:
             t_ours += compile_time(fold, jnp.zeros(shape), jnp.float32(1), stack=0)[0]
@@ -116,6 +125,73 @@ def compile_times(model, variables, x, key, config, repeats):
         ours.append(t_ours)
         ratios.append(t_ours / t_forward)
     return statistics.median(forward), statistics.median(ours), statistics.median(ratios)
+
+
+def _first_call(fn):
+    """Seconds of ``fn()`` run as in a fresh process: every jit cache and LSUV's cache
+    emptied first (so trace, compile and run are all paid)."""
+    fi.lsuv.clear_cache()
+    jax.clear_caches()
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - start
+
+
+def user_paid(label, model, x, repeats, call_kwargs=None):
+    """What a user pays: ``fi.lsuv``'s first call and a repeated call with a new key,
+    against a jitted forward pass's first call and a forward pass. First calls are
+    measured in alternation (forward, lsuv without pre-init, lsuv with it) after
+    emptying every cache, and each ratio is the median of the paired ratios."""
+    call_kwargs = call_kwargs or {}
+    variables = jax.jit(lambda k, x: model.init(k, x, **call_kwargs))(jax.random.key(0), x)
+    jax.block_until_ready(variables)
+
+    def forward_first():
+        return jax.jit(lambda v, x: model.apply(v, x, **call_kwargs))(variables, x)
+
+    def lsuv_call(key, pre_init):
+        out, _ = fi.lsuv(model, variables, x, key=key, pre_init=pre_init, call_kwargs=call_kwargs)
+        return out
+
+    fwd, plain, ortho, r_plain, r_ortho = [], [], [], [], []
+    for n in range(repeats):
+        t_fwd = _first_call(forward_first)
+        t_plain = _first_call(lambda n=n: lsuv_call(jax.random.key(n), None))
+        t_ortho = _first_call(lambda n=n: lsuv_call(jax.random.key(n), "orthogonal"))
+        fwd.append(t_fwd)
+        plain.append(t_plain)
+        ortho.append(t_ortho)
+        r_plain.append(t_plain / t_fwd)
+        r_ortho.append(t_ortho / t_fwd)
+    forward = jax.jit(lambda v, x: model.apply(v, x, **call_kwargs))
+    jax.block_until_ready(forward(variables, x))
+    t_pass = timed(lambda: forward(variables, x), max(5, repeats))
+    keys = iter(range(1000, 2000))
+    lsuv_call(jax.random.key(0), None)  # the programs compiled once, as after a first call
+    lsuv_call(jax.random.key(0), "orthogonal")
+    t_again = timed(lambda: lsuv_call(jax.random.key(next(keys)), None), max(5, repeats))
+    t_again_ortho = timed(
+        lambda: lsuv_call(jax.random.key(next(keys)), "orthogonal"), max(5, repeats)
+    )
+    fits = fi.lsuv(model, variables, x, pre_init=None, call_kwargs=call_kwargs)[1]
+    row = {
+        "net": label,
+        "layers": len(fits),
+        "fwd first s": statistics.median(fwd),
+        "lsuv first s": statistics.median(plain),
+        "first / fwd first": statistics.median(r_plain),
+        "lsuv+ortho first s": statistics.median(ortho),
+        "ortho first / fwd first": statistics.median(r_ortho),
+        "fwd ms": t_pass * 1e3,
+        "again (fwd)": t_again / t_pass,
+        "again+ortho (fwd)": t_again_ortho / t_pass,
+    }
+    print(
+        "  "
+        + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+        flush=True,
+    )
+    return row
 
 
 def bench(label, model, x, repeats):
@@ -128,21 +204,19 @@ def bench(label, model, x, repeats):
     forward_compile, lsuv_compile, compile_ratio = compile_times(
         model, variables, x, key, config, max(5, repeats // 2)
     )
-    run, infos = lsuv_linen.build_program(
-        model, variables, x, layers=None, config=config, pre_init=None, call_kwargs={}
-    )
-    lsuv_compiled = run.jitted.lower(variables, x, key).compile()
-    t_lsuv = timed(lambda: lsuv_compiled(variables, x, key), repeats)
-    jax.block_until_ready(run(variables, x, key))  # fold programs compiled and cached
-    t_lsuv_total = timed(lambda: run(variables, x, key)[0], repeats)
+    run = lsuv_linen.build_program(model, layers=None, config=config, call_kwargs={})
+    lsuv_compiled = run.jitted.lower(variables, x).compile()
+    infos = run.traced["infos"]
+    t_lsuv = timed(lambda: lsuv_compiled(variables, x), repeats)
+    jax.block_until_ready(run(variables, x, key, None))  # fold programs compiled and cached
+    t_lsuv_total = timed(lambda: run(variables, x, key, None)[0], repeats)
 
     # Pre-init: what lsuv runs (orthonormal kernels, same-shape layers grouped into
     # one decomposition) against jax's orthogonal initializer layer by layer.
-    pre = _pre_init_fn("orthogonal")
     kernels = [lsuv_linen._get(variables, i.kernel_path) for i in infos]
 
     def ours(key):
-        return pre_initialize_kernels(pre, key, infos, kernels)
+        return orthonormal_groups(key, infos, kernels)
 
     def theirs(key):
         init = jax.nn.initializers.orthogonal()
@@ -150,7 +224,8 @@ def bench(label, model, x, repeats):
 
     pre_compile_ours, ours_j = compile_time(jax.jit(ours), key)
     pre_compile_theirs, theirs_j = compile_time(jax.jit(theirs), key)
-    t_pre_ours = timed(lambda: ours_j(key), max(3, repeats // 2))
+    # What lsuv runs: the grouped draws, then each layer's kernel sliced out of its group.
+    t_pre_ours = timed(lambda: _split_groups(ours_j(key), infos, kernels), max(3, repeats // 2))
     t_pre_theirs = timed(lambda: theirs_j(key), max(3, repeats // 2))
 
     names = [info.name for info in infos]
@@ -190,18 +265,66 @@ def bench(label, model, x, repeats):
     return row
 
 
+def print_table(rows, columns):
+    print("\n| " + " | ".join(c for c, _ in columns) + " |")
+    print("|" + "---|" * len(columns))
+    for row in rows:
+        print("| " + " | ".join(f.format(row[c]) for c, f in columns) + " |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument(
+        "--only-user-paid", action="store_true", help="skip the in-program comparison"
+    )
     args = parser.parse_args()
     repeats = args.repeats or (5 if args.quick else 11)
+    first_repeats = 3 if args.quick else 5
     width, batch = (64, 64) if args.quick else (256, 256)
     x = jax.random.normal(jax.random.key(1), (batch, width)) * 2 + 0.5
     image = jax.random.normal(jax.random.key(2), (32 if args.quick else 64, 16, 16, 3))
 
     print(f"machine: {machine()}")
-    print(f"median of {repeats} runs; MLP width {width}, batch {batch}\n")
+    # What a user pays, first: always at width 256, batch 256.
+    x256 = jax.random.normal(jax.random.key(1), (256, 256)) * 2 + 0.5
+    print(f"\nuser-paid: medians of {first_repeats} first calls (caches emptied each time)")
+    paid = [
+        user_paid(f"relu MLP depth {d}", MLP(d, 256), x256, first_repeats) for d in (20, 50, 100)
+    ]
+    paid.append(user_paid("conv net (4 convs)", ConvNet(), image, first_repeats))
+    resnet_x = jax.random.normal(jax.random.key(3), (32, 32, 32, 3))
+    paid.append(
+        user_paid(
+            "zoo ResNet (8 blocks, width 32)",
+            ResNet(num_blocks=8, width=32),
+            resnet_x,
+            first_repeats,
+        )
+    )
+    tokens = jax.random.randint(jax.random.key(4), (32, 64), 0, 512)
+    gpt = GPT(vocab_size=512, max_len=64, d_model=128, num_layers=4, num_heads=4)
+    paid.append(user_paid("zoo GPT (4 blocks, d_model 128)", gpt, tokens, first_repeats))
+    print_table(
+        paid,
+        [
+            ("net", "{}"),
+            ("layers", "{}"),
+            ("fwd first s", "{:.3f}"),
+            ("lsuv first s", "{:.3f}"),
+            ("first / fwd first", "{:.2f}"),
+            ("lsuv+ortho first s", "{:.3f}"),
+            ("ortho first / fwd first", "{:.2f}"),
+            ("fwd ms", "{:.2f}"),
+            ("again (fwd)", "{:.2f}"),
+            ("again+ortho (fwd)", "{:.2f}"),
+        ],
+    )
+    if args.only_user_paid:
+        return
+
+    print(f"\nin-program: median of {repeats} runs; MLP width {width}, batch {batch}\n")
     rows = [bench(f"relu MLP depth {d}", MLP(d, width), x, repeats) for d in (20, 50, 100)]
     rows.append(bench("conv net (4 convs)", ConvNet(), image, repeats))
 
@@ -222,10 +345,7 @@ def main():
         ("pre-init compile s", "{:.2f}"),
         ("jax orthogonal compile s", "{:.2f}"),
     ]
-    print("\n| " + " | ".join(c for c, _ in columns) + " |")
-    print("|" + "---|" * len(columns))
-    for row in rows:
-        print("| " + " | ".join(f.format(row[c]) for c, f in columns) + " |")
+    print_table(rows, columns)
 
 
 if __name__ == "__main__":

@@ -25,13 +25,15 @@ import flax.linen as nn
 import jax
 from flax import nnx
 
+from flaxinit.lsuv import cache as _cache
 from flaxinit.lsuv import for_linen as _linen
 from flaxinit.lsuv import for_nnx as _nnx
+from flaxinit.lsuv.cache import cache_info, clear_cache
 from flaxinit.lsuv.fitting import FitConfig, activation_variance_bound
 from flaxinit.lsuv.layers import LayerInfo, check_batch, orthonormal_kernel
 from flaxinit.lsuv.report import LayerFit, LSUVReport, build_report
 
-__all__ = ["LSUVReport", "LayerFit", "lsuv"]
+__all__ = ["LSUVReport", "LayerFit", "cache_info", "clear_cache", "lsuv"]
 
 
 def _pre_init_fn(pre_init) -> Callable | None:
@@ -195,15 +197,30 @@ def lsuv(
     key = jax.random.key(0) if key is None else key
     call_kwargs = dict(call_kwargs or {})
     measure_name = "output" if config.activation is None else "activation"
+    # What decides the fitting program besides the model and the shapes; the pre-init
+    # keys its own program (cached apart, so that calls with and without it share
+    # the fitting pass).
+    options = (config, layers, call_kwargs)
+    pre_signature = _cache.signature("pre_init", pre_init) if pre is not None else None
 
     if isinstance(model, nnx.Module):
         if variables is not None:
             raise ValueError("lsuv: an NNX model holds its parameters; pass variables=None")
-        program, infos, modules, order = _nnx.build_program(
-            model, layers=layers, config=config, pre_init=pre, call_kwargs=call_kwargs
+        graphdef, state = nnx.split(model)
+        signature = _cache.signature(
+            "nnx", graphdef, _cache.avals(state), _cache.avals(batch), options
         )
+        entry, commit = _cache.lookup(
+            signature,
+            lambda: _nnx.build_program(
+                model, layers=layers, config=config, call_kwargs=call_kwargs
+            ),
+        )
+        run, infos, paths, order = entry
+        modules = [_nnx._module_at(model, path) for path in paths]
         with _nnx.marked(modules, infos):
-            fits = program(model, batch, key)
+            fits = run(model, batch, key, pre, pre_signature)
+        commit()
         rank = {name: i for i, name in enumerate(order)}
         ranked = sorted(zip(infos, fits, strict=True), key=lambda p: rank.get(p[0].name, len(rank)))
         infos, fits = [p[0] for p in ranked], [p[1] for p in ranked]
@@ -214,19 +231,27 @@ def lsuv(
         if variables is None:
             init_key, key = jax.random.split(key)
             variables = model.init(init_key, batch, **call_kwargs)
-        program, infos = _linen.build_program(
-            model,
-            variables,
-            batch,
-            layers=layers,
-            config=config,
-            pre_init=pre,
-            call_kwargs=call_kwargs,
+        signature = _cache.signature(
+            "linen", model, _cache.avals(variables), _cache.avals(batch), options
         )
-        new_variables, fits = program(variables, batch, key)
-        report = build_report(infos, fits, config.target_var, config.tol, measure_name)
+        run, commit = _cache.lookup(
+            signature,
+            lambda: _linen.build_program(
+                model, layers=layers, config=config, call_kwargs=call_kwargs
+            ),
+        )
+        new_variables, fits = run(variables, batch, key, pre, pre_signature)
+        commit()
+        report = build_report(
+            run.traced["infos"], fits, config.target_var, config.tol, measure_name
+        )
         return new_variables, report
 
     raise TypeError(
         f"lsuv: model must be a flax.linen or flax.nnx Module, got {type(model).__name__}"
     )
+
+
+# ``fi.lsuv`` is this function: the cache's controls travel with it.
+lsuv.clear_cache = clear_cache
+lsuv.cache_info = cache_info

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax.core import meta
 
+from flaxinit.lsuv.cache import COUNTS
 from flaxinit.lsuv.fitting import (
     FitConfig,
     fit_output,
@@ -59,46 +60,6 @@ def _module_name(module: nn.Module) -> str:
     return "/".join(module.path)
 
 
-def discover(model, variables, batch, call_kwargs, select) -> tuple[list[LayerInfo], list[str]]:
-    """Traces the model abstractly once; returns the selected layers in execution order
-    and every layer with a kernel (for error messages)."""
-    found: dict[str, LayerInfo] = {}
-    candidates: list[str] = []
-
-    def record(next_fun, args, kwargs, ctx):
-        module = ctx.module
-        if ctx.method_name == "__call__" and not module.is_initializing():
-            params = module.variables.get("params", {})
-            name = _module_name(module)
-            if "kernel" in params and name not in candidates:
-                candidates.append(name)
-            if name not in found and select(module, name):
-                if "kernel" not in params:
-                    raise ValueError(
-                        f"lsuv: selected module {name!r} ({type(module).__name__}) has no "
-                        "'kernel' parameter; LSUV rescales kernels of linear layers"
-                    )
-                kernel_shape = tuple(meta.unbox(params["kernel"]).shape)
-                batch_axes, out_axes = _layout(module, kernel_shape)
-                path = ("params", *module.path)
-                found[name] = LayerInfo(
-                    name=name,
-                    kind=type(module).__name__,
-                    kernel_path=(*path, "kernel"),
-                    bias_path=(*path, "bias") if "bias" in params else None,
-                    kernel_shape=kernel_shape,
-                    batch_axes=batch_axes,
-                    out_axes=out_axes,
-                )
-        return next_fun(*args, **kwargs)
-
-    with nn.intercept_methods(record):
-        jax.eval_shape(
-            lambda v, x: model.apply(v, x, mutable=True, **call_kwargs), variables, batch
-        )
-    return list(found.values()), candidates
-
-
 def _get(tree: Mapping, path: tuple) -> Any:
     for key in path:
         tree = tree[key]
@@ -129,30 +90,57 @@ def _stack_ndim(info: LayerInfo, leaf: jax.Array) -> int:
     return stack
 
 
-def measure_and_fit(
-    model, variables, batch, call_kwargs, layers: list[LayerInfo], config: FitConfig
-) -> tuple[list[tuple], list[int]]:
-    """One forward pass: each selected layer is fitted on its own output, in order.
+def _record(module, name: str, found: dict[str, LayerInfo]) -> None:
+    """Describes a selected layer (its kernel's path, shape and axes) in ``found``."""
+    params = module.variables.get("params", {})
+    if "kernel" not in params:
+        raise ValueError(
+            f"lsuv: selected module {name!r} ({type(module).__name__}) has no "
+            "'kernel' parameter; LSUV rescales kernels of linear layers"
+        )
+    kernel_shape = tuple(meta.unbox(params["kernel"]).shape)
+    batch_axes, out_axes = _layout(module, kernel_shape)
+    path = ("params", *module.path)
+    found[name] = LayerInfo(
+        name=name,
+        kind=type(module).__name__,
+        kernel_path=(*path, "kernel"),
+        bias_path=(*path, "bias") if "bias" in params else None,
+        kernel_shape=kernel_shape,
+        batch_axes=batch_axes,
+        out_axes=out_axes,
+    )
 
-    Returns what each layer sowed (see :func:`~flaxinit.lsuv.fitting.fit_output`) and
-    the size of its output blob, in the order of ``layers``.
+
+def measure_and_fit(
+    model, variables, batch, call_kwargs, select, patterns, config: FitConfig
+) -> tuple[list[LayerInfo], list[tuple], list[int]]:
+    """One forward pass: each selected layer is found and fitted on its own output,
+    in execution order (the layers are found in this same trace, not a separate one).
+
+    Returns the selected layers, what each sowed (see
+    :func:`~flaxinit.lsuv.fitting.fit_output`) and the size of its output blob.
     """
-    selected = {info.name for info in layers}
-    # Layers whose kernel is stacked (nn.scan, nn.vmap): their measurement travels with it.
-    stacked = {
-        info.name
-        for info in layers
-        if _stack_ndim(info, meta.unbox(_get(variables, info.kernel_path))) > 0
-    }
+    found: dict[str, LayerInfo] = {}
+    candidates: list[str] = []
+    stacked: set[str] = set()
     sizes: dict[str, int] = {}
 
     def intercept(next_fun, args, kwargs, ctx):
-        out = next_fun(*args, **kwargs)
         module = ctx.module
         if ctx.method_name != "__call__" or module.is_initializing():
-            return out
+            return next_fun(*args, **kwargs)
         name = _module_name(module)
-        if name not in selected:
+        if "kernel" in module.variables.get("params", {}) and name not in candidates:
+            candidates.append(name)
+        if name not in found and select(module, name):
+            _record(module, name, found)
+            info = found[name]
+            # A kernel stacked in the tree (nn.scan, nn.vmap): its measurement travels with it.
+            if _stack_ndim(info, meta.unbox(_get(variables, info.kernel_path))) > 0:
+                stacked.add(name)
+        out = next_fun(*args, **kwargs)
+        if name not in found:
             return out
         bias = module.variables["params"].get("bias")
         bias = None if bias is None else meta.unbox(bias)
@@ -171,6 +159,13 @@ def measure_and_fit(
 
     with nn.intercept_methods(intercept):
         _, state = model.apply(variables, batch, mutable=True, **call_kwargs)
+    check_patterns_used(patterns, candidates)
+    layers = list(found.values())
+    if not layers:
+        raise ValueError(
+            f"lsuv: no layer selected; layers with a kernel: {candidates[:10]} "
+            "(default selection: Dense, DenseGeneral, Conv, ConvTranspose, Einsum)"
+        )
     measured = []
     for info in layers:
         try:
@@ -192,7 +187,7 @@ def measure_and_fit(
                 "(shared weights); LSUV scales each kernel once: leave it out with layers="
             )
         measured.append(sown[0])
-    return measured, [sizes[info.name] for info in layers]
+    return layers, measured, [sizes[info.name] for info in layers]
 
 
 def fold(variables, layers: list[LayerInfo], scales, shifts, center: bool) -> dict:
@@ -216,55 +211,48 @@ def apply_updates(variables, updates: Mapping[tuple, Any]) -> dict:
     return variables
 
 
-def pre_initialize(variables, layers: list[LayerInfo], key, pre_init) -> dict:
-    """Replaces each selected kernel by ``pre_init`` (orthonormal by default)."""
-    leaves = [meta.unbox(_get(variables, info.kernel_path)) for info in layers]
-    for info, leaf in zip(layers, leaves, strict=True):
-        _stack_ndim(info, leaf)
-    kernels = pre_initialize_kernels(pre_init, key, layers, leaves)
-    return apply_updates(
-        variables, {i.kernel_path: k for i, k in zip(layers, kernels, strict=True)}
-    )
+def build_program(model, *, layers, config, call_kwargs):
+    """The fitting pass of ``model`` as a reusable ``run(variables, batch, key, pre_init)``.
 
-
-def build_program(model, variables, batch, *, layers, config, pre_init, call_kwargs):
-    """Finds the layers once and returns ``(run, layer infos)``.
-
-    ``run(variables, batch, key)`` executes the jitted program (pre-init and the
-    fitting pass), folds the scales into the kernels and returns
-    ``(new_variables, fits)``.
+    The jitted program takes the variables and the batch as arguments and finds the
+    selected layers while it is traced (so a call that reuses it traces nothing).
+    ``run`` draws the pre-init kernels (if ``pre_init``; a program of their own,
+    cached by shape), executes the fitting pass, folds the scales into the kernels
+    (one small program per kernel shape) and returns ``(new_variables, fits)``;
+    ``run.infos`` holds the selected layers once the program is traced.
     """
     select, patterns = make_selector(layers, DEFAULT_TYPES)
-    infos, candidates = discover(model, variables, batch, call_kwargs, select)
-    check_patterns_used(patterns, candidates)
-    if not infos:
-        raise ValueError(
-            f"lsuv: no layer selected; layers with a kernel: {candidates[:10]} "
-            "(default selection: Dense, DenseGeneral, Conv, ConvTranspose, Einsum)"
-        )
-    sizes: list[int] = []  # each layer's output size, recorded when the program is traced
+    traced: dict[str, Any] = {}  # the selected layers and their output sizes, from the trace
 
-    def program(variables, batch, key):
-        kernels = []
-        if pre_init is not None:
-            variables = pre_initialize(variables, infos, key, pre_init)
-            kernels = [meta.unbox(_get(variables, info.kernel_path)) for info in infos]
-        sown, sizes[:] = measure_and_fit(model, variables, batch, call_kwargs, infos, config)
-        return kernels, sown
+    def program(variables, batch):
+        COUNTS["fit"] += 1
+        infos, sown, sizes = measure_and_fit(
+            model, variables, batch, call_kwargs, select, patterns, config
+        )
+        traced.update(infos=infos, sizes=sizes)
+        return sown
 
     jitted = jax.jit(program)
 
-    def run(variables, batch, key):
-        """The fitting pass, then the fold (one small program per kernel shape)."""
+    def run(variables, batch, key, pre_init, signature=None):
         variables = dict(variables)
-        kernels, sown = jitted(variables, batch, key)
-        if kernels:
+        if pre_init is not None:
+            if "infos" not in traced:
+                jitted.trace(variables, batch)  # finds the layers; the call below reuses it
+            infos = traced["infos"]
+            leaves = [meta.unbox(_get(variables, info.kernel_path)) for info in infos]
+            for info, leaf in zip(infos, leaves, strict=True):
+                _stack_ndim(info, leaf)
+            kernels = pre_initialize_kernels(pre_init, key, infos, leaves, signature)
             variables = apply_updates(
-                variables, {info.kernel_path: k for info, k in zip(infos, kernels, strict=True)}
+                variables, {i.kernel_path: k for i, k in zip(infos, kernels, strict=True)}
             )
+        sown = jitted(variables, batch)
+        infos = traced["infos"]
         scales, shifts = fold_values(sown, config)
         variables = apply_updates(variables, fold(variables, infos, scales, shifts, config.center))
-        return variables, fits_from_sown(sown, sizes, config)
+        return variables, fits_from_sown(sown, traced["sizes"], config)
 
     run.jitted = jitted
-    return run, infos
+    run.traced = traced
+    return run

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from flaxinit.lsuv.cache import COUNTS
 from flaxinit.lsuv.fitting import (
     FitConfig,
     fit_output,
@@ -150,10 +151,16 @@ def _unwrap(value):
     return value
 
 
-def build_program(model, *, layers, config, pre_init, call_kwargs):
-    """Marks the selected layers and returns ``(program, infos, marked modules)``.
+def build_program(model, *, layers, config, call_kwargs):
+    """Finds the selected layers of ``model`` and returns ``(run, infos, paths, order)``.
 
-    ``program(graphdef, state, batch, key)`` returns ``(new param state, fits)``.
+    ``run(model, batch, key, pre_init, signature)`` draws the pre-init kernels (if
+    ``pre_init``; a program of their own, cached by ``signature``), runs the jitted
+    fitting pass (the graph definition static, the state, batch and kernels its
+    arguments), folds the scales into ``model``'s kernels and returns the fits.
+    ``model`` is any module with this one's graph definition (``run`` is reused
+    across calls); its selected layers must be marked (:func:`marked`) during the
+    call. ``order`` fills with the layers' execution order when the program is traced.
     """
     select, patterns = make_selector(layers, DEFAULT_TYPES)
     selected, candidates = discover(model, select)
@@ -164,25 +171,23 @@ def build_program(model, *, layers, config, pre_init, call_kwargs):
             "(default selection: Linear, LinearGeneral, Conv, ConvTranspose, Einsum)"
         )
     infos = [info for _, _, info in selected]
+    paths = [path for path, _, _ in selected]
     classes = {type(module) for _, module, _ in selected}
     order: list[str] = []
     layer_sizes: list[int] = []  # each layer's output size, recorded when the program is traced
 
-    def program(graphdef, state, batch, key):
+    def program(graphdef, state, batch, kernels):
+        COUNTS["fit"] += 1
         module = nnx.merge(graphdef, state)
-        if pre_init is not None:
-            layers = [_module_at(module, path) for path, _, _ in selected]
-            kernels = pre_initialize_kernels(
-                pre_init, key, infos, [layer.kernel[...] for layer in layers]
-            )
-            for layer, kernel in zip(layers, kernels, strict=True):
-                layer.kernel[...] = kernel
+        if kernels is not None:
+            for path, kernel in zip(paths, kernels, strict=True):
+                _module_at(module, path).kernel[...] = kernel
         sizes: dict[str, int] = {}
         with _patched(classes, config, order, sizes):
             _, sown = nnx.capture(lambda m, x: m(x, **call_kwargs), nnx.Intermediate)(module, batch)
         sown = nnx.to_pure_dict(sown)
         measured = []
-        for path, _, info in selected:
+        for path, info in zip(paths, infos, strict=True):
             try:
                 node = sown
                 for part in path:
@@ -197,21 +202,24 @@ def build_program(model, *, layers, config, pre_init, call_kwargs):
                 )
             measured.append(tuple(_unwrap(v) for v in sown_fit[0]))
         layer_sizes[:] = [sizes[i.name] for i in infos]
-        kernels = []
-        if pre_init is not None:
-            kernels = [_module_at(module, path).kernel[...] for path, _, _ in selected]
-        return kernels, measured
+        return measured
 
     jitted = jax.jit(program, static_argnums=0)
 
-    def run(model, batch, key):
-        """The fitting pass, then the fold into ``model`` (one small program per shape)."""
+    def run(model, batch, key, pre_init, signature=None):
+        """Pre-init, the fitting pass, then the fold into ``model`` (one small program
+        per kernel shape)."""
+        layers = [_module_at(model, path) for path in paths]
+        kernels = None
+        if pre_init is not None:
+            kernels = pre_initialize_kernels(
+                pre_init, key, infos, [layer.kernel[...] for layer in layers], signature
+            )
         graphdef, state = nnx.split(model)
-        kernels, measured = jitted(graphdef, state, batch, key)
+        measured = jitted(graphdef, state, batch, kernels)
         scales, shifts = fold_values(measured, config)
-        for i, (path, _, info) in enumerate(selected):
-            layer = _module_at(model, path)
-            kernel = kernels[i] if kernels else layer.kernel[...]
+        for i, (layer, info) in enumerate(zip(layers, infos, strict=True)):
+            kernel = kernels[i] if kernels is not None else layer.kernel[...]
             stack = kernel.ndim - len(info.kernel_shape)
             layer.kernel[...] = scale_kernel(kernel, scales[i], stack)
             if config.center and info.bias_path is not None:
@@ -219,8 +227,7 @@ def build_program(model, *, layers, config, pre_init, call_kwargs):
         return fits_from_sown(measured, layer_sizes, config)
 
     run.jitted = jitted
-    marked_modules = [module for _, module, _ in selected]
-    return run, infos, marked_modules, order
+    return run, infos, paths, order
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ import numpy as np
 
 from flaxinit.initializers import orthogonal
 from flaxinit.initializers.orthogonal import _orthogonal_matrix
+from flaxinit.lsuv.cache import COUNTS, MAX_ENTRIES, PRE_INIT_PROGRAMS
 from flaxinit.rules.actions import vmap_matches_loop
 from flaxinit.rules.engine import stable_hash
 from flaxinit.rules.patterns import compile_pattern
@@ -150,17 +151,32 @@ def _layer_keys(key: jax.Array, infos: Sequence[LayerInfo]) -> jax.Array:
     return jnp.stack([layer_key(key, info) for info in infos])
 
 
-def orthonormal_kernels(key: jax.Array, infos: Sequence[LayerInfo], leaves) -> list[jax.Array]:
-    """:func:`orthonormal_kernel` for every layer, with the same values.
+def _orthonormal_plan(infos: Sequence[LayerInfo], leaves):
+    """Which layers share a decomposition: ``(groups, plans, batches)`` with
+    ``groups`` mapping each ``(rows, cols)`` to its layers' indices, ``plans[n]`` layer
+    ``n``'s ``(permutation, permuted shape, dtype)`` and ``batches[n]`` its count of
+    matrices."""
+    plans, groups = [], {}
+    batches = [_as_matrices(info, leaf)[2][0] for info, leaf in zip(infos, leaves, strict=True)]
+    for n, (info, leaf) in enumerate(zip(infos, leaves, strict=True)):
+        perm, moved, (_, rows, cols) = _as_matrices(info, leaf)
+        groups.setdefault((rows, cols), []).append(n)
+        plans.append((tuple(perm), moved, jnp.dtype(leaf.dtype)))
+    return groups, plans, batches
+
+
+def orthonormal_groups(key: jax.Array, infos: Sequence[LayerInfo], leaves) -> list[jax.Array]:
+    """The orthonormal matrices of every layer, one ``(count, rows, cols)`` float32
+    stack per matrix shape, in the order of :func:`_orthonormal_plan`'s groups (each
+    group's layers in order, a layer's matrices in its stacking order).
 
     Layers whose matrices have the same shape share one decomposition (a loop over
     their matrices on the CPU, a batch elsewhere), so the program's size, and its
     compile time, does not grow with the number of layers: at 100 layers of 256^2,
     one QR compiled instead of 100.
     """
-    plans, groups = [], {}
+    groups, _, batches = _orthonormal_plan(infos, leaves)
     layer_keys = _layer_keys(key, infos)
-    batches = [_as_matrices(info, leaf)[2][0] for info, leaf in zip(infos, leaves, strict=True)]
     ones = [n for n, batch in enumerate(batches) if batch == 1]
     # One split per layer, as orthogonal(batch_axis=0) splits its key; batched where
     # vmap draws what a loop draws (threefry) so that the program does not grow with
@@ -171,11 +187,7 @@ def orthonormal_kernels(key: jax.Array, infos: Sequence[LayerInfo], leaves) -> l
         sources = layer_keys if len(ones) == len(infos) else layer_keys[np.asarray(ones)]
         firsts = jax.vmap(lambda k: jax.random.split(k, 1))(sources)[:, 0]
         row_of = {n: i for i, n in enumerate(ones)}
-    for n, (info, leaf) in enumerate(zip(infos, leaves, strict=True)):
-        perm, moved, (_, rows, cols) = _as_matrices(info, leaf)
-        groups.setdefault((rows, cols), []).append(n)
-        plans.append((perm, moved, leaf.dtype))
-    out: list = [None] * len(plans)
+    out = []
     for (rows, cols), members in groups.items():
         if all(n in row_of for n in members):
             index = np.asarray([row_of[n] for n in members])
@@ -190,23 +202,94 @@ def orthonormal_kernels(key: jax.Array, infos: Sequence[LayerInfo], leaves) -> l
                     for n in members
                 ]
             )
-        q = jax.vmap(lambda k, shape=(rows, cols): _orthogonal_matrix(k, shape, 1, jnp.float32))(
-            keys
+        out.append(
+            jax.vmap(lambda k, shape=(rows, cols): _orthogonal_matrix(k, shape, 1, jnp.float32))(
+                keys
+            )
         )
-        start = 0
-        for n in members:
-            perm, moved, dtype = plans[n]
-            matrices = q[start : start + batches[n]]
-            start += batches[n]
-            out[n] = jnp.transpose(matrices.reshape(moved), np.argsort(perm)).astype(dtype)
     return out
 
 
-def pre_initialize_kernels(pre_init, key: jax.Array, infos: Sequence[LayerInfo], leaves):
-    """New kernels for every selected layer: orthonormal ones grouped by shape, or
-    ``pre_init(layer_key, info, leaf)`` layer by layer."""
+def _layer_kernel(q: jax.Array, start: int, count: int, plan) -> jax.Array:
+    """Layer ``plan``'s kernel from its ``count`` matrices at ``start`` of ``q``."""
+    perm, moved, dtype = plan
+    if count == q.shape[0]:
+        matrices = q
+    elif count == 1:
+        matrices = jax.lax.dynamic_index_in_dim(q, start, keepdims=False)
+    else:
+        matrices = jax.lax.dynamic_slice_in_dim(q, start, count)
+    kernel = matrices.reshape(moved) if matrices.shape != moved else matrices
+    if perm != tuple(range(len(perm))):
+        kernel = jnp.transpose(kernel, np.argsort(perm))
+    return kernel.astype(dtype) if kernel.dtype != dtype else kernel
+
+
+def _split_groups(qs: Sequence[jax.Array], infos: Sequence[LayerInfo], leaves) -> list:
+    """Each layer's kernel from :func:`orthonormal_groups`' stacks."""
+    groups, plans, batches = _orthonormal_plan(infos, leaves)
+    out: list = [None] * len(plans)
+    for q, members in zip(qs, groups.values(), strict=True):
+        start = 0
+        for n in members:
+            out[n] = _layer_kernel(q, start, batches[n], plans[n])
+            start += batches[n]
+    return out
+
+
+def orthonormal_kernels(key: jax.Array, infos: Sequence[LayerInfo], leaves) -> list[jax.Array]:
+    """:func:`orthonormal_kernel` for every layer, with the same values, from one
+    decomposition per matrix shape (:func:`orthonormal_groups`)."""
+    return _split_groups(orthonormal_groups(key, infos, leaves), infos, leaves)
+
+
+def _pre_init_program(pre_init, infos: tuple[LayerInfo, ...], avals: tuple, signature):
+    """The jitted draws of every layer's pre-init kernel, ``program(key)``, cached by
+    ``signature`` (the pre-init, layers, kernel shapes and dtypes, key type) when
+    given. The orthonormal pre-init returns one stack per matrix shape, which the
+    caller splits into kernels outside the program (:func:`_split_groups`): slicing
+    inside it compiled one kernel per layer, the bulk of its compile time."""
+    if signature is not None and signature in PRE_INIT_PROGRAMS:
+        PRE_INIT_PROGRAMS.move_to_end(signature)
+        return PRE_INIT_PROGRAMS[signature]
+
+    def draws(key):
+        COUNTS["pre_init"] += 1
+        if pre_init is orthonormal_kernel:
+            return orthonormal_groups(key, infos, avals)
+        return [
+            pre_init(layer_key(key, info), info, leaf)
+            for info, leaf in zip(infos, avals, strict=True)
+        ]
+
+    program = jax.jit(draws)
+    if signature is not None:
+        PRE_INIT_PROGRAMS[signature] = program
+        while len(PRE_INIT_PROGRAMS) > MAX_ENTRIES:
+            PRE_INIT_PROGRAMS.popitem(last=False)
+    return program
+
+
+def pre_initialize_kernels(
+    pre_init, key: jax.Array, infos: Sequence[LayerInfo], leaves, signature=None
+) -> list[jax.Array]:
+    """New kernels for every selected layer: orthonormal ones (one decomposition per
+    matrix shape), or ``pre_init(layer_key, info, leaf)`` layer by layer, drawn by one
+    jitted program of their own (reused for the same ``signature``; see
+    :func:`_pre_init_program`) that takes the key as its argument."""
+    infos = tuple(infos)
+    avals = tuple(jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)) for x in leaves)
+    if signature is not None:
+        signature = (signature, infos, tuple((a.shape, str(a.dtype)) for a in avals))
+        signature = (*signature, str(jax.numpy.result_type(key)), _raw_key_impl(key))
+    out = _pre_init_program(pre_init, infos, avals, signature)(key)
     if pre_init is orthonormal_kernel:
-        return orthonormal_kernels(key, infos, leaves)
-    return [
-        pre_init(layer_key(key, info), info, leaf) for info, leaf in zip(infos, leaves, strict=True)
-    ]
+        return _split_groups(out, infos, avals)
+    return list(out)
+
+
+def _raw_key_impl(key) -> str | None:
+    """The PRNG a raw ``uint32`` key draws with (the config's default)."""
+    if jnp.issubdtype(jnp.result_type(key), jax.dtypes.prng_key):
+        return None
+    return str(jax.config.jax_default_prng_impl)
