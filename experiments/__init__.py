@@ -23,6 +23,7 @@ EXPERIMENTS = (
     "sparse_init",
     "mnist1d",
     "sharded_sweep",
+    "mutransfer",
 )
 
 __all__ = ["EXPERIMENTS"]

@@ -1,6 +1,6 @@
 """flaxinit: neural-network parameter initialization for JAX and Flax."""
 
-from flaxinit import models, mup, recipes, sharding
+from flaxinit import inspection, models, mup, recipes, sharding
 from flaxinit.diagnostics import (
     ActivationRecord,
     Finding,
@@ -107,6 +107,7 @@ __all__ = [
     "health_report",
     "identity",
     "init_sharded",
+    "inspection",
     "kaiming_normal",
     "kaiming_uniform",
     "lecun_normal",

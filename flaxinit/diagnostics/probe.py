@@ -4,10 +4,10 @@ Every diagnostic is computed from one traced run of the model (:func:`run`), ins
 ``jax.jit``. The run records two kinds of *sites*:
 
 * ``"linear"``: the output of every linear layer, i.e. the pre-activation. These are the
-  Linen types in :data:`LINEN_LINEAR` (``Dense``, ``DenseGeneral``, ``Conv``, ``ConvLocal``,
-  ``ConvTranspose``, ``Einsum``, ``Embed``) and the NNX types in :data:`NNX_LINEAR`
-  (``Linear``, ``LinearGeneral``, ``Conv``, ``ConvTranspose``, ``Einsum``, ``Embed``),
-  subclasses included.
+  types in :data:`flaxinit.inspection.LINEAR`: Linen ``Dense``, ``DenseGeneral``,
+  ``Conv``, ``ConvLocal``, ``ConvTranspose``, ``Einsum``, ``Embed`` and NNX ``Linear``,
+  ``LinearGeneral``, ``Conv``, ``ConvTranspose``, ``Einsum``, ``Embed``, subclasses
+  included.
 * ``"activation"``: the output of an :class:`Activation` (Linen) or :class:`NNXActivation`
   (NNX) layer. These wrap a nonlinearity so that it can be seen. A bare ``jax.nn.relu(x)``
   call in a model's ``__call__`` is an ordinary function call and cannot be observed. For
@@ -21,7 +21,7 @@ A normalization layer between a linear layer and its nonlinearity (``Dense -> La
 -> relu``, ``Conv -> BatchNorm -> relu``): the nonlinearity sees the norm's output, not
 the linear one, and the two can differ completely (a norm re-centres and rescales every
 example or channel, so ``relu(Dense)`` may be dead where ``relu(LayerNorm(Dense))`` is
-not). So when a norm layer (:data:`LINEN_NORMS`, :data:`NNX_NORMS`, subclasses included)
+not). So when a norm layer (:data:`flaxinit.inspection.NORMS`, subclasses included)
 is called on a linear layer's output itself, that output's record takes the norm's
 output as its pre-activation: a declared ``activation=`` is applied to the norm's output,
 and the record names the norm in ``normalized_by``. A chain of norms (``LayerNorm ->
@@ -32,13 +32,9 @@ transformer blocks) changes nothing. The alternative, refusing ``activation=`` o
 models, would turn away the stock ``Conv -> BatchNorm -> relu`` networks that this
 measures exactly; only the residual case above stays approximate, as it is without norms.
 
-How the values are taken:
-
-* Linen: with ``flax.linen.intercept_methods``.
-* NNX: it has no interceptor, so ``__call__`` of every module class in the model is wrapped
-  for the duration of the trace. ``nnx.capture`` does the same, but it returns its values
-  sorted by path, and this probe needs execution order. The wrapping is undone afterwards.
-  It is not thread-safe while a trace runs.
+How the values are taken: with :func:`flaxinit.inspection.tap`, the one inspection layer
+of flaxinit (``nn.intercept_methods`` for Linen, a thread-safe class-level hook for NNX
+that leaves nothing patched); the probe's recorder is the tap's callback.
 
 Other behaviour:
 
@@ -64,42 +60,12 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from flax.core import tracers
 
-LINEN_LINEAR: tuple[type, ...] = (
-    nn.Dense,
-    nn.DenseGeneral,
-    nn.Conv,
-    nn.ConvLocal,
-    nn.ConvTranspose,
-    nn.Einsum,
-    nn.Embed,
-)
-NNX_LINEAR: tuple[type, ...] = (
-    nnx.Linear,
-    nnx.LinearGeneral,
-    nnx.Conv,
-    nnx.ConvTranspose,
-    nnx.Einsum,
-    nnx.Embed,
-)
+from flaxinit import inspection
 
-# Normalization layers: one called on a linear layer's output sits between it and its
-# nonlinearity (see the module docstring).
-LINEN_NORMS: tuple[type, ...] = (
-    nn.LayerNorm,
-    nn.BatchNorm,
-    nn.RMSNorm,
-    nn.GroupNorm,
-    nn.InstanceNorm,
-)
-NNX_NORMS: tuple[type, ...] = (
-    nnx.LayerNorm,
-    nnx.BatchNorm,
-    nnx.RMSNorm,
-    nnx.GroupNorm,
-    nnx.InstanceNorm,
-)
+# Re-exported: the activation layers live with the selection they belong to.
+from flaxinit.inspection import Activation as Activation
+from flaxinit.inspection import NNXActivation as NNXActivation
 
 # Nonlinearities whose output is exactly 0 on half the line: a unit can die.
 RECTIFIERS = frozenset({"relu", "relu6"})
@@ -163,38 +129,6 @@ def nonlinearity(fn: str | Callable[[jax.Array], jax.Array]) -> Nonlinearity:
     return Nonlinearity(name, fn, None)
 
 
-class Activation(nn.Module):
-    """A Linen layer that applies ``fn``. The diagnostics measure its output as an activation.
-
-    Example:
-      >>> import flax.linen as nn
-      >>> from flaxinit.diagnostics import Activation
-      >>> net = nn.Sequential([nn.Dense(4), Activation(jax.nn.relu), nn.Dense(2)])
-    """
-
-    fn: Callable[[jax.Array], jax.Array] = jax.nn.relu
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.fn(x)
-
-
-class NNXActivation(nnx.Module):
-    """An NNX layer that applies ``fn``. The diagnostics measure its output as an activation.
-
-    Example:
-      >>> from flax import nnx
-      >>> from flaxinit.diagnostics import NNXActivation
-      >>> act = NNXActivation(jnp.tanh)
-    """
-
-    def __init__(self, fn: Callable[[jax.Array], jax.Array] = jax.nn.relu):
-        self.fn = fn
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.fn(x)
-
-
 @dataclasses.dataclass(frozen=True)
 class Site:
     """One recorded layer output: the module's path, its kind, its class and nonlinearity.
@@ -213,53 +147,48 @@ class Site:
 
 def _site(module: Any, path: str) -> Site | None:
     name = type(module).__name__
-    if isinstance(module, (Activation, NNXActivation)):
+    kind = inspection.kind_of(module)
+    if kind == "activation":
         return Site(path or name, "activation", name, nonlinearity(module.fn))
-    if isinstance(module, LINEN_LINEAR + NNX_LINEAR):
+    if kind == "linear":
         # Any Embed subclass (a Gemma-style Embedder) is a lookup, not a layer of depth.
-        embedding = isinstance(module, (nn.Embed, nnx.Embed))
+        embedding = isinstance(module, inspection.EMBEDDINGS)
         return Site(path or name, "linear", name, None, embedding)
     return None
 
 
+def _probed(module: Any, path: str) -> bool:
+    """The probe's selection: linear and activation layers, and the norm layers that may
+    sit between them."""
+    del path
+    return isinstance(module, inspection.LINEAR + inspection.ACTIVATIONS + inspection.NORMS)
+
+
 class _Recorder:
-    """Trace-time log of sites, their outputs and module first-call order."""
+    """The callback on the tap: a trace-time log of sites and their outputs."""
 
     def __init__(self, perturbations: Sequence[jax.Array] | None):
         self.perturbations = perturbations
-        # The trace the model runs in: a site seen under another one sits inside a
-        # transform of the model (nn.scan, nnx.scan, remat, vmap) and cannot be taken out.
-        self.trace = tracers.current_trace()
         self.sites: list[Site] = []
         self.outputs: list[jax.Array] = []
         # normed[k]: the output of the norm layer called on linear output k, or None.
         self.normed: list[jax.Array | None] = []
         # id of a linear output, or of a norm output taken from one -> (the array, k).
         self._feeds: dict[int, tuple[jax.Array, int]] = {}
-        self.modules: list[str] = []
-        self._seen: set[str] = set()
-        self._active: set[int] = set()
+        self.modules: tuple[str, ...] = ()  # set from the tap after the run
 
-    def call(self, module: Any, path: str, method: str, fn: Callable, args, kwargs) -> Any:
-        if path not in self._seen:
-            self._seen.add(path)
-            self.modules.append(path)
-        if id(module) in self._active:  # an inner super().__call__: the outer call records
-            return fn(*args, **kwargs)
-        self._active.add(id(module))
-        try:
-            out = fn(*args, **kwargs)
-        finally:
-            self._active.discard(id(module))
-        if method == "__call__" and isinstance(module, LINEN_NORMS + NNX_NORMS):
-            self._norm(path, args, kwargs, out)
-            return out
-        site = _site(module, path) if method == "__call__" else None
+    def __call__(self, call: inspection.Call) -> tuple[Any, None]:
+        module, path, out = call.module, call.site.path, call.output
+        if call.site.kind == "norm":
+            if not call.site.transformed:
+                self._norm(path, call.args, call.kwargs, out)
+            return out, None
+        site = _site(module, path)
         if site is None or not isinstance(out, jax.Array):
-            return out
+            return out, None
         if not jnp.issubdtype(out.dtype, jnp.floating):
-            return out
-        if tracers.current_trace() != self.trace:
+            return out, None
+        if call.site.transformed:
             raise ValueError(
                 f"diagnostics: layer {path!r} runs inside a JAX transform of the model "
                 "(nn.scan, nnx.scan, nn.remat, vmap): its output cannot be recorded from "
@@ -274,7 +203,7 @@ class _Recorder:
         self.normed.append(None)
         if site.kind == "linear":
             self._feeds[id(out)] = (out, len(self.outputs) - 1)
-        return out
+        return out, None
 
     def _norm(self, path: str, args, kwargs, out: Any) -> None:
         """Records a norm layer's output as the pre-activation of the linear output it
@@ -282,8 +211,6 @@ class _Recorder:
         x = args[0] if args else kwargs.get("x", kwargs.get("inputs"))
         fed = self._feeds.get(id(x))
         if fed is None or fed[0] is not x or not isinstance(out, jax.Array):
-            return
-        if tracers.current_trace() != self.trace:
             return
         k = fed[1]
         if self.normed[k] is not None and x is self.outputs[k]:
@@ -363,56 +290,23 @@ def params_of(spec: Spec, dynamic: Any) -> Any:
 def _forward(spec: Spec, dynamic: Any, params: Any, x: Any, rec: _Recorder) -> Any:
     kwargs = dict(spec.call_kwargs)
     if spec.framework == "linen":
-
-        def interceptor(next_fun, args, kw, ctx):
-            name = ctx.method_name
-            if name == "setup" or (name.startswith("_") and name != "__call__"):
-                return next_fun(*args, **kw)
-            path = "/".join(ctx.module.path)
-            return rec.call(ctx.module, path, ctx.method_name, next_fun, args, kw)
-
-        with nn.intercept_methods(interceptor):
-            out = spec.definition.apply({**dynamic, "params": params}, x, **kwargs)
-        return out[0] if "mutable" in kwargs else out
+        tapped = inspection.tap(
+            spec.definition,
+            x,
+            variables={**dynamic, "params": params},
+            select=_probed,
+            callback=rec,
+            call_kwargs=kwargs,
+        )
+        rec.modules = tapped.modules
+        return tapped.output[0] if "mutable" in kwargs else tapped.output
     # copy=True: Variables of this trace. The state in ``dynamic`` belongs to the trace
     # that received it; a nested one (eval_shape, grad) could neither update it (BatchNorm
     # statistics, dropout RNG counts) nor hand it to nnx.scan.
     model = nnx.merge(spec.definition, params, dynamic[1], copy=True)
-    paths = {id(m): "/".join(map(str, p)) for p, m in nnx.iter_modules(model)}
-    with _wrapped_nnx_calls(model, rec, paths):
-        return model(x, **kwargs)
-
-
-class _wrapped_nnx_calls:
-    """Wraps ``__call__`` of every module class in ``model`` for one trace, then restores it."""
-
-    def __init__(self, model: nnx.Module, rec: _Recorder, paths: Mapping[int, str]):
-        classes = {type(m) for _, m in nnx.iter_modules(model)}
-        self.owners = {
-            cls
-            for t in classes
-            for cls in t.__mro__
-            if "__call__" in cls.__dict__ and issubclass(cls, nnx.Module)
-        }
-        self.rec, self.paths, self.saved = rec, paths, {}
-
-    def __enter__(self):
-        for cls in self.owners:
-            orig = cls.__dict__["__call__"]
-            self.saved[cls] = orig
-
-            def wrapper(module, *args, _orig=orig, **kwargs):
-                path = self.paths.get(id(module), type(module).__name__)
-                bound = functools.partial(_orig, module)
-                return self.rec.call(module, path, "__call__", bound, args, kwargs)
-
-            cls.__call__ = functools.wraps(orig)(wrapper)
-        return self
-
-    def __exit__(self, *exc):
-        for cls, orig in self.saved.items():
-            cls.__call__ = orig
-        return False
+    tapped = inspection.tap(model, x, select=_probed, callback=rec, call_kwargs=kwargs)
+    rec.modules = tapped.modules
+    return tapped.output
 
 
 def _fits(output: Any, labels: jax.Array) -> bool:

@@ -163,7 +163,7 @@ def lsuv(
       tol: the tolerance on the variance.
       max_iters: the most rescaling rounds per layer.
       layers: which layers take part: ``None`` for every Dense/DenseGeneral/Conv/
-        ConvTranspose/Einsum (Linen) or Linear/LinearGeneral/Conv/ConvTranspose/Einsum
+        ConvLocal/ConvTranspose/Einsum (Linen) or Linear/LinearGeneral/Conv/ConvTranspose/Einsum
         (NNX); else a sequence of module types and glob patterns over module paths
         (``"Dense_*"``, ``"blocks/*/mlp/*"``, ``"re:.*attn.*"``). A pattern that
         selects nothing raises.
@@ -216,10 +216,8 @@ def lsuv(
                 model, layers=layers, config=config, call_kwargs=call_kwargs
             ),
         )
-        run, infos, paths, order = entry
-        modules = [_nnx._module_at(model, path) for path in paths]
-        with _nnx.marked(modules, infos):
-            fits = run(model, batch, key, pre, pre_signature)
+        run, infos, _, order = entry
+        fits = run(model, batch, key, pre, pre_signature)
         commit()
         rank = {name: i for i, name in enumerate(order)}
         ranked = sorted(zip(infos, fits, strict=True), key=lambda p: rank.get(p[0].name, len(rank)))

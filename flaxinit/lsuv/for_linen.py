@@ -1,17 +1,11 @@
-"""LSUV for ``flax.linen`` modules: ``nn.intercept_methods`` rescales each selected
-layer's output while the batch flows, and the scales are folded into the kernels.
+"""LSUV for ``flax.linen`` modules: a :func:`flaxinit.inspection.tap` rescales each
+selected layer's output while the batch flows, and the scales are folded into the kernels.
 
 Where the measurements travel. Inside a lifted transform (``nn.scan``, ``nn.vmap``) the
-interceptor sees tracers of the transform's body, so a layer's measurement must leave
-through a variable collection the transform maps. A layer whose kernel is stacked in the
-tree (a scan or vmap with ``variable_axes={'params': 0}``, as Flax's docs write it) puts
-its measurement next to its kernel, in ``params``: it then comes out stacked on the
-kernel's own axes, one slice per layer, whatever the transform's ``variable_axes`` say
-about ``intermediates``. (Only inside LSUV's own forward pass; the variables returned
-hold no such entry.) Any other layer sows into ``intermediates``, as
-``capture_intermediates`` does. A layer inside a transform that shares one kernel across
-its iterations (``variable_broadcast='params'``) has nothing to scale per iteration:
-LSUV says so and asks to leave it out.
+tap carries each layer's fit out through the model's variables, stacked by the
+transform: one slice per layer of a stacked kernel. A layer inside a transform that
+shares one kernel across its iterations (``variable_broadcast='params'``) has nothing
+to scale per iteration: LSUV says so and asks to leave it out.
 """
 
 from __future__ import annotations
@@ -24,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax.core import meta
 
+from flaxinit import inspection
 from flaxinit.lsuv.cache import COUNTS
 from flaxinit.lsuv.fitting import (
     FitConfig,
@@ -36,18 +31,19 @@ from flaxinit.lsuv.fitting import (
 from flaxinit.lsuv.layers import (
     LayerInfo,
     check_patterns_used,
+    default_types,
     make_selector,
     pre_initialize_kernels,
 )
 
-DEFAULT_TYPES = (nn.Dense, nn.DenseGeneral, nn.Conv, nn.ConvTranspose, nn.Einsum)
-_SOWN = "lsuv_"
-# The name of a stacked layer's measurement next to its kernel (see the module docstring).
-_BESIDE_KERNEL = "__flaxinit_lsuv_fit__"
+# The linear layers of flaxinit.inspection that have a kernel (not the Embed lookups).
+DEFAULT_TYPES = tuple(t for t in default_types() if issubclass(t, nn.Module))
 
 
 def _layout(module: nn.Module, kernel_shape: tuple[int, ...]):
     ndim = len(kernel_shape)
+    if isinstance(module, nn.ConvLocal):  # one matrix per output position
+        return tuple(range(ndim - 2)), (ndim - 1,)
     if isinstance(module, nn.DenseGeneral):
         features = module.features if isinstance(module.features, tuple) else (module.features,)
         batch_dims = module.batch_dims
@@ -112,6 +108,16 @@ def _record(module, name: str, found: dict[str, LayerInfo]) -> None:
     )
 
 
+def _shared_kernel(name: str) -> ValueError:
+    return ValueError(
+        f"lsuv: no measurement came back from {name!r}: it runs inside a "
+        "lifted transform (nn.scan, nn.vmap) that shares one kernel across its "
+        "iterations (params broadcast, not stacked), and LSUV scales each kernel "
+        "once: leave it out with layers=, or stack its params "
+        "(variable_axes={'params': 0})"
+    )
+
+
 def measure_and_fit(
     model, variables, batch, call_kwargs, select, patterns, config: FitConfig
 ) -> tuple[list[LayerInfo], list[tuple], list[int]]:
@@ -123,71 +129,70 @@ def measure_and_fit(
     """
     found: dict[str, LayerInfo] = {}
     candidates: list[str] = []
-    stacked: set[str] = set()
     sizes: dict[str, int] = {}
+    # Layers fitted inside a transform while their kernel is not stacked, with the
+    # shapes of their fit there: a fit that comes back stacked was shared by iterations.
+    unstacked: dict[str, list[tuple[int, ...]]] = {}
 
-    def intercept(next_fun, args, kwargs, ctx):
-        module = ctx.module
-        if ctx.method_name != "__call__" or module.is_initializing():
-            return next_fun(*args, **kwargs)
-        name = _module_name(module)
+    def chosen(module, name: str) -> bool:
+        if module.is_initializing():
+            return False
         if "kernel" in module.variables.get("params", {}) and name not in candidates:
             candidates.append(name)
         if name not in found and select(module, name):
             _record(module, name, found)
-            info = found[name]
-            # A kernel stacked in the tree (nn.scan, nn.vmap): its measurement travels with it.
-            if _stack_ndim(info, meta.unbox(_get(variables, info.kernel_path))) > 0:
-                stacked.add(name)
-        out = next_fun(*args, **kwargs)
-        if name not in found:
-            return out
+        return name in found
+
+    def fit(call: inspection.Call):
+        module, out, name = call.module, call.output, call.site.path
         bias = module.variables["params"].get("bias")
         bias = None if bias is None else meta.unbox(bias)
         if bias is not None and out.shape[out.ndim - bias.ndim :] != bias.shape:
             # Bias laid out against non-trailing output axes (DenseGeneral batch dims,
             # Einsum): the layer at a zero input is exactly its broadcast bias.
-            bias = next_fun(jnp.zeros_like(args[0]), *args[1:], **kwargs)
+            bias = call.layer(jnp.zeros_like(call.args[0]), *call.args[1:], **call.kwargs)
         sizes[name] = out.size
         rescaled, sown = fit_output(out, bias, config)
-        if name in stacked:
-            earlier = module.get_variable("params", _BESIDE_KERNEL, ())
-            module.put_variable("params", _BESIDE_KERNEL, (*earlier, sown))
-        else:
-            module.sow("intermediates", _SOWN + "fit", sown)
-        return rescaled
+        info = found[name]
+        if call.site.transformed and _stack_ndim(info, _kernel(variables, info)) == 0:
+            unstacked[name] = [jnp.shape(v) for v in sown]
+        return rescaled, sown
 
-    with nn.intercept_methods(intercept):
-        _, state = model.apply(variables, batch, mutable=True, **call_kwargs)
+    kwargs = {**call_kwargs, "mutable": True}
+    try:
+        tapped = inspection.tap(
+            model, batch, variables=variables, select=chosen, callback=fit, call_kwargs=kwargs
+        )
+    except ValueError as err:
+        if unstacked and "broadcasts 'params'" in str(err):
+            raise _shared_kernel(next(iter(unstacked))) from err
+        raise
     check_patterns_used(patterns, candidates)
     layers = list(found.values())
     if not layers:
         raise ValueError(
             f"lsuv: no layer selected; layers with a kernel: {candidates[:10]} "
-            "(default selection: Dense, DenseGeneral, Conv, ConvTranspose, Einsum)"
+            "(default selection: Dense, DenseGeneral, Conv, ConvLocal, ConvTranspose, Einsum)"
         )
+    fits: dict[str, list] = {}
+    for site, sown in zip(tapped.sites, tapped.records, strict=True):
+        fits.setdefault(site.path, []).append(tuple(sown))
     measured = []
     for info in layers:
-        try:
-            if info.name in stacked:
-                sown = _get(state["params"], info.kernel_path[1:-1])[_BESIDE_KERNEL]
-            else:
-                sown = _get(state.get("intermediates", {}), info.kernel_path[1:-1])[_SOWN + "fit"]
-        except KeyError:
-            raise ValueError(
-                f"lsuv: no measurement came back from {info.name!r}: it runs inside a "
-                "lifted transform (nn.scan, nn.vmap) that shares one kernel across its "
-                "iterations (params broadcast, not stacked), and LSUV scales each kernel "
-                "once: leave it out with layers=, or stack its params "
-                "(variable_axes={'params': 0})"
-            ) from None
+        sown = fits.get(info.name, [])
         if len(sown) != 1:
             raise ValueError(
                 f"lsuv: module {info.name!r} ran {len(sown)} times in one forward pass "
                 "(shared weights); LSUV scales each kernel once: leave it out with layers="
             )
+        if info.name in unstacked and [jnp.shape(v) for v in sown[0]] != unstacked[info.name]:
+            raise _shared_kernel(info.name)
         measured.append(sown[0])
     return layers, measured, [sizes[info.name] for info in layers]
+
+
+def _kernel(variables, info: LayerInfo) -> jax.Array:
+    return meta.unbox(_get(variables, info.kernel_path))
 
 
 def fold(variables, layers: list[LayerInfo], scales, shifts, center: bool) -> dict:

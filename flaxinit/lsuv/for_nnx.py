@@ -1,21 +1,19 @@
 """LSUV for ``flax.nnx`` modules.
 
-NNX has no method interceptor, so for the duration of one trace the ``__call__`` of
-the selected layer classes is wrapped (as ``nnx.capture(method_outputs=...)`` does):
-a marked instance fits and rescales its own output and sows the result, which
-``nnx.capture`` collects, stacked per layer through ``nnx.scan``/``nnx.vmap``.
+A :func:`flaxinit.inspection.tap` (its thread-safe NNX hook) fits and rescales each
+selected layer's output as it flows; the fits come back stacked per layer through
+``nnx.scan``/``nnx.vmap``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from flaxinit import inspection
 from flaxinit.lsuv.cache import COUNTS
 from flaxinit.lsuv.fitting import (
     FitConfig,
@@ -28,14 +26,13 @@ from flaxinit.lsuv.fitting import (
 from flaxinit.lsuv.layers import (
     LayerInfo,
     check_patterns_used,
+    default_types,
     make_selector,
     pre_initialize_kernels,
 )
 
-DEFAULT_TYPES = (nnx.Linear, nnx.LinearGeneral, nnx.Conv, nnx.ConvTranspose, nnx.Einsum)
-_MARK = "_flaxinit_lsuv"
-_SOWN = "lsuv_"
-_PATCH_LOCK = threading.Lock()
+# The linear layers of flaxinit.inspection that have a kernel (not the Embed lookups).
+DEFAULT_TYPES = tuple(t for t in default_types() if issubclass(t, nnx.Module))
 
 
 def _as_tuple(x) -> tuple:
@@ -108,47 +105,20 @@ def discover(model, select) -> tuple[list[tuple[tuple, Any, LayerInfo]], list[st
     return selected, candidates
 
 
-def _fitting_call(original, config: FitConfig, order: list[str], sizes: dict[str, int]):
-    def __call__(self, inputs, *args, **kwargs):
-        out = original(self, inputs, *args, **kwargs)
-        name = getattr(self, _MARK, None)
-        if name is None:
-            return out
-        if name not in order:
-            order.append(name)
-        bias = getattr(self, "bias", None)
+def _fitter(config: FitConfig, sizes: dict[str, int]):
+    """The tap's callback: fits a layer on its output; the rescaled output flows on."""
+
+    def fit(call: inspection.Call):
+        out, name = call.output, call.site.path
+        bias = getattr(call.module, "bias", None)
         bias = bias[...] if isinstance(bias, nnx.Variable) else None
         if bias is not None and out.shape[out.ndim - bias.ndim :] != bias.shape:
             # The layer at a zero input is exactly its broadcast bias.
-            bias = original(self, jnp.zeros_like(inputs), *args, **kwargs)
+            bias = call.layer(jnp.zeros_like(call.args[0]), *call.args[1:], **call.kwargs)
         sizes[name] = out.size
-        rescaled, sown = fit_output(out, bias, config)
-        self.sow(nnx.Intermediate, _SOWN + "fit", sown)
-        return rescaled
+        return fit_output(out, bias, config)
 
-    return __call__
-
-
-@contextlib.contextmanager
-def _patched(classes, config, order, sizes):
-    """Wraps ``__call__`` of ``classes`` for the duration of one trace."""
-    with _PATCH_LOCK:
-        originals = {cls: (cls.__dict__.get("__call__"), cls.__call__) for cls in classes}
-        try:
-            for cls, (_, original) in originals.items():
-                cls.__call__ = _fitting_call(original, config, order, sizes)
-            yield
-        finally:
-            for cls, (own, _) in originals.items():
-                if own is None:
-                    del cls.__call__
-                else:
-                    cls.__call__ = own
-
-
-def _unwrap(value):
-    value = value.get_value() if isinstance(value, nnx.Variable) else value
-    return value
+    return fit
 
 
 def build_program(model, *, layers, config, call_kwargs):
@@ -159,8 +129,8 @@ def build_program(model, *, layers, config, call_kwargs):
     fitting pass (the graph definition static, the state, batch and kernels its
     arguments), folds the scales into ``model``'s kernels and returns the fits.
     ``model`` is any module with this one's graph definition (``run`` is reused
-    across calls); its selected layers must be marked (:func:`marked`) during the
-    call. ``order`` fills with the layers' execution order when the program is traced.
+    across calls); the tap selects its layers by path. ``order`` fills with the
+    layers' execution order when the program is traced.
     """
     select, patterns = make_selector(layers, DEFAULT_TYPES)
     selected, candidates = discover(model, select)
@@ -172,7 +142,7 @@ def build_program(model, *, layers, config, call_kwargs):
         )
     infos = [info for _, _, info in selected]
     paths = [path for path, _, _ in selected]
-    classes = {type(module) for _, module, _ in selected}
+    names = {info.name for info in infos}
     order: list[str] = []
     layer_sizes: list[int] = []  # each layer's output size, recorded when the program is traced
 
@@ -183,24 +153,28 @@ def build_program(model, *, layers, config, call_kwargs):
             for path, kernel in zip(paths, kernels, strict=True):
                 _module_at(module, path).kernel[...] = kernel
         sizes: dict[str, int] = {}
-        with _patched(classes, config, order, sizes):
-            _, sown = nnx.capture(lambda m, x: m(x, **call_kwargs), nnx.Intermediate)(module, batch)
-        sown = nnx.to_pure_dict(sown)
+        tapped = inspection.tap(
+            module,
+            batch,
+            select=lambda _, name: name in names,
+            callback=_fitter(config, sizes),
+            call_kwargs=call_kwargs,
+        )
+        fits: dict[str, list] = {}
+        for site, sown in zip(tapped.sites, tapped.records, strict=True):
+            fits.setdefault(site.path, []).append(tuple(sown))
+        order[:] = list(fits)
         measured = []
-        for path, info in zip(paths, infos, strict=True):
-            try:
-                node = sown
-                for part in path:
-                    node = node[part]
-                sown_fit = _unwrap(node[_SOWN + "fit"])
-            except (KeyError, IndexError, TypeError):
-                raise ValueError(f"lsuv: layer {info.name!r} was not called by the model") from None
-            if len(sown_fit) != 1:
+        for info in infos:
+            sown = fits.get(info.name)
+            if sown is None:
+                raise ValueError(f"lsuv: layer {info.name!r} was not called by the model")
+            if len(sown) != 1:
                 raise ValueError(
-                    f"lsuv: module {info.name!r} ran {len(sown_fit)} times in one forward "
+                    f"lsuv: module {info.name!r} ran {len(sown)} times in one forward "
                     "pass (shared weights); LSUV scales each kernel once: leave it out with layers="
                 )
-            measured.append(tuple(_unwrap(v) for v in sown_fit[0]))
+            measured.append(sown[0])
         layer_sizes[:] = [sizes[i.name] for i in infos]
         return measured
 
@@ -228,16 +202,3 @@ def build_program(model, *, layers, config, call_kwargs):
 
     run.jitted = jitted
     return run, infos, paths, order
-
-
-@contextlib.contextmanager
-def marked(modules, infos):
-    """Marks the selected instances (a static attribute) while LSUV runs."""
-    try:
-        for module, info in zip(modules, infos, strict=True):
-            setattr(module, _MARK, info.name)
-        yield
-    finally:
-        for module in modules:
-            if _MARK in vars(module):
-                delattr(module, _MARK)

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flaxinit import inspection
 from flaxinit.initializers import orthogonal
 from flaxinit.initializers.orthogonal import _orthogonal_matrix
 from flaxinit.lsuv.cache import COUNTS, MAX_ENTRIES, PRE_INIT_PROGRAMS
@@ -40,6 +41,12 @@ class LayerInfo:
     kernel_shape: tuple[int, ...]
     batch_axes: tuple[int, ...]
     out_axes: tuple[int, ...]
+
+
+def default_types() -> tuple[type, ...]:
+    """LSUV's default selection: :data:`flaxinit.inspection.LINEAR`, the one list of
+    linear layers, less the ``Embed`` lookups, which have no kernel to rescale."""
+    return tuple(t for t in inspection.LINEAR if not issubclass(t, inspection.EMBEDDINGS))
 
 
 def make_selector(

@@ -38,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -533,6 +533,7 @@ def scale_updates(
     ``optax.chain(optax.adam(lr), fi.mup.scale_updates(params, base))`` is muAdam
     (TP-V Table 3: hidden and output leaves' LR divided by their fan-in's growth);
     ``optimizer="sgd"`` with ``optax.sgd`` is muSGD. ``params`` may be a params tree,
+    Linen variables (their ``params`` collection is used, the one an optimizer updates),
     an NNX ``State`` (``nnx.state(model, nnx.Param)``) or abstract; the updates the
     transform receives must have the same paths and shapes, else ``ValueError``
     naming the first leaf that differs. Build it with the same arguments as
@@ -551,6 +552,10 @@ def scale_updates(
       >>> float(updates["layers_2"]["kernel"][0, 0])  # output: Adam/SGD LR x 1/m
       -0.5
     """
+    # The optimizer updates the params collection alone: take it from Linen variables.
+    if _has_params_collection(params) and _has_params_collection(base):
+        params, base = params["params"], base["params"]
+        delta = delta["params"] if _has_params_collection(delta) else delta
     plan = parametrize(
         params,
         base,
@@ -582,6 +587,10 @@ def scale_updates(
         return flat.rebuild(scaled), state
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _has_params_collection(tree: Any) -> bool:
+    return isinstance(tree, Mapping) and "params" in tree
 
 
 def _raise_mismatch(have: list, expected: list) -> None:

@@ -105,6 +105,11 @@ def test_scale_updates_multiplies_by_table_3():
         assert bias == (1.0 if optimizer == "adam" else 4.0)  # vector: Adam x1, SGD x m_out
     multipliers = fi.mup.learning_rate_multipliers(shapes(256), shapes(64))
     assert multipliers["layers_2"]["kernel"] == 0.25
+    # Built from Linen variables, it scales the params collection the optimizer updates.
+    variables = lambda w: jax.eval_shape(mlp(w).init, jax.random.key(0), X)
+    tx = fi.mup.scale_updates(variables(256), variables(64))
+    updates, _ = tx.update(ones, tx.init(params), params)
+    assert float(updates["layers_2"]["kernel"][0, 0]) == 0.25
 
 
 def test_scale_updates_under_jit_and_with_multi_transform_agree():
