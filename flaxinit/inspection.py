@@ -560,6 +560,10 @@ def _marked(modules: Sequence[tuple[str, nnx.Module]], tap: _Tap):
     found: dict[str, Any] = {}
     try:
         for path, module in modules:
+            if isinstance(module, nnx.List):
+                # Its graph keys are ints: a str attribute would make them unsortable,
+                # and a list is never called as a layer.
+                continue
             try:
                 setattr(module, tap.path_attr, path)
             except flax.errors.TraceContextError:

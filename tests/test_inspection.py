@@ -503,6 +503,31 @@ def test_nnx_scan_stack(x):
     assert "__captures__" not in vars(model.blocks.fc)
 
 
+def test_nnx_scan_over_sequential_blocks(x):
+    # nnx.Sequential keeps its layers in an nnx.List, whose graph keys are ints: the tap
+    # must not give it a str attribute (the scan would fail to sort the keys).
+    class SeqStack(nnx.Module):
+        def __init__(self, rngs):
+            @nnx.split_rngs(splits=2)
+            @nnx.vmap(in_axes=(0,), out_axes=0)
+            def make(r):
+                return nnx.Sequential(nnx.Linear(5, 5, rngs=r), nnx.LayerNorm(5, rngs=r))
+
+            self.blocks = make(rngs)
+
+        def __call__(self, x):
+            @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+            def step(h, block):
+                return block(h)
+
+            return step(x, self.blocks)
+
+    t = tap(SeqStack(nnx.Rngs(0)), x)
+    assert [(s.path, s.transformed) for s in t.sites] == [("blocks/layers/0", True)]
+    assert t.records[0].shape[0] == 2  # one slice per scan step
+    no_tap_left()
+
+
 def test_nnx_vmap_over_a_broadcast_module_names_the_layer(x):
     class Mapped(nnx.Module):
         def __init__(self):

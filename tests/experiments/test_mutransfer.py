@@ -10,17 +10,9 @@ import json
 import numpy as np
 import pytest
 
-import experiments
 from experiments import _common
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(autouse=True)
-def registered(monkeypatch):
-    # Until experiments/__init__.py lists it, register it for these tests only.
-    if "mutransfer" not in experiments.EXPERIMENTS:
-        monkeypatch.setattr(experiments, "EXPERIMENTS", (*experiments.EXPERIMENTS, "mutransfer"))
 
 
 @pytest.fixture
