@@ -53,6 +53,9 @@ class CoordCheck:
         shape ``(steps + 1, sites)``; NaN where a width's value is exactly 0 (a
         zero-initialized readout at step 0), which the verdict skips.
       tolerance: the largest slope (in absolute value) called flat.
+      may_shrink: the sites allowed to shrink with width: the network output and the
+        attention queries (which carry muP's moved 1/d_head), as microsoft/mup's coord
+        check allows for the output and the attention logits.
     """
 
     parametrization: str
@@ -62,6 +65,7 @@ class CoordCheck:
     changes: np.ndarray
     slopes: np.ndarray
     tolerance: float
+    may_shrink: tuple[str, ...] = ()
 
     @property
     def steps(self) -> int:
@@ -70,20 +74,28 @@ class CoordCheck:
     @property
     def growing(self) -> tuple[str, ...]:
         """The sites whose size grows with width (slope above the tolerance) at some step."""
-        grows = np.nan_to_num(self.slopes, nan=0.0) > self.tolerance
+        grows = np.nan_to_num(self.slopes, nan=0.0, posinf=np.inf) > self.tolerance
         return tuple(s for i, s in enumerate(self.sites) if grows[:, i].any())
 
     @property
     def shrinking(self) -> tuple[str, ...]:
         """The sites whose size shrinks with width at some step (allowed by muP for
         the network output and attention logits at step 1, see microsoft/mup)."""
-        shrinks = np.nan_to_num(self.slopes, nan=0.0) < -self.tolerance
+        shrinks = np.nan_to_num(self.slopes, nan=0.0, neginf=-np.inf) < -self.tolerance
         return tuple(s for i, s in enumerate(self.sites) if shrinks[:, i].any())
 
     @property
+    def diverged(self) -> tuple[str, ...]:
+        """The sites with a non-finite value at some width and step."""
+        bad = ~np.isfinite(self.values).all(axis=(0, 1))
+        return tuple(s for i, s in enumerate(self.sites) if bad[i])
+
+    @property
     def flat(self) -> bool:
-        """No site grows with width at any step."""
-        return not self.growing
+        """No site grows with width, none diverges, and none shrinks but the output and
+        the attention queries."""
+        unexpected = set(self.shrinking) - set(self.may_shrink)
+        return not self.growing and not self.diverged and not unexpected
 
     @property
     def verdict(self) -> str:
@@ -92,10 +104,27 @@ class CoordCheck:
                 f"flat: no layer's activation size grows with width over {self.steps} steps "
                 f"(every slope <= {self.tolerance:g})"
             )
-        worst = np.nanmax(self.slopes, axis=0)
-        named = ", ".join(f"{s} (slope {worst[self.sites.index(s)]:.2f})" for s in self.growing[:6])
-        more = f" and {len(self.growing) - 6} more" if len(self.growing) > 6 else ""
-        return f"grows with width: {named}{more}"
+        parts = []
+        if self.diverged:
+            parts.append("diverged (non-finite values): " + ", ".join(self.diverged[:6]))
+        if self.growing:
+            worst = np.nanmax(self.slopes, axis=0)
+            named = ", ".join(
+                f"{s} (slope {worst[self.sites.index(s)]:.2f})"
+                for s in self.growing[:6]
+                if s not in self.diverged
+            )
+            more = f" and {len(self.growing) - 6} more" if len(self.growing) > 6 else ""
+            if named:
+                parts.append(f"grows with width: {named}{more}")
+        unexpected = [s for s in self.shrinking if s not in self.may_shrink]
+        if unexpected:
+            least = np.nanmin(self.slopes, axis=0)
+            parts.append(
+                "shrinks with width: "
+                + ", ".join(f"{s} (slope {least[self.sites.index(s)]:.2f})" for s in unexpected[:6])
+            )
+        return "; ".join(parts)
 
     def __str__(self) -> str:
         steps = range(self.steps + 1)
@@ -140,12 +169,27 @@ class CoordCheck:
 
 
 def _slopes(widths: Sequence[int], values: np.ndarray) -> np.ndarray:
+    """Least-squares slope of log value against log width per (step, site).
+
+    NaN where every width's value is 0 (nothing to fit, e.g. a zero readout at step 0);
+    +inf where a value is not finite (diverged) or where the value is 0 at the narrowest
+    width only (it appears as width grows), -inf the other way round.
+    """
     logw = np.log(np.asarray(widths, np.float64))
     logw = logw - logw.mean()
-    with np.errstate(divide="ignore"):
-        logv = np.where(values > 0, np.log(np.where(values > 0, values, 1.0)), np.nan)
-    centered = logv - logv.mean(axis=0, keepdims=True)
-    return np.tensordot(logw, centered, axes=(0, 0)) / np.sum(logw**2)
+    out = np.empty(values.shape[1:], np.float64)
+    for index in np.ndindex(*values.shape[1:]):
+        v = values[(slice(None), *index)].astype(np.float64)
+        if not np.isfinite(v).all():
+            out[index] = np.inf
+        elif (v <= 0).all():
+            out[index] = np.nan
+        elif (v <= 0).any():
+            out[index] = np.inf if v[-1] > v[0] else -np.inf
+        else:
+            logv = np.log(v)
+            out[index] = float(np.dot(logw, logv - logv.mean()) / np.sum(logw**2))
+    return out
 
 
 def _variables(model: Any, x: Any, key: Any, call_kwargs: Mapping[str, Any]) -> Any:
@@ -313,6 +357,7 @@ def coord_check(
     )
     make_tx = optax.adam if optimizer == "adam" else optax.sgd
     results = []
+    queries: set[str] = set()
     for width in widths:
         model = make_model(width)
         variables = _variables(model, x, key, call_kwargs)
@@ -327,6 +372,11 @@ def coord_check(
                     if isinstance(model, nn.Module)
                     else model_structure(model, x, **call_kwargs)
                 )
+                queries |= {
+                    leaf.path.removeprefix("params/").rpartition("/")[0]
+                    for leaf in s.values()
+                    if "attention_query" in leaf.roles
+                }
             params, base_params = _params(model, variables), _params(model, base)
             kwargs = {"structure": s, "optimizer": optimizer}
             if width == base_width:
@@ -345,6 +395,7 @@ def coord_check(
             )
     values = np.stack([r[1] for r in results])
     changes = np.stack([r[2] for r in results])
+    queries |= {site for site in sites if _mup._QUERY_NAMES.search(site.lower())}
     return CoordCheck(
         parametrization,
         widths,
@@ -353,4 +404,5 @@ def coord_check(
         changes,
         _slopes(widths, values),
         float(tolerance),
+        may_shrink=tuple(s for i, s in enumerate(sites) if i == len(sites) - 1 or s in queries),
     )

@@ -163,8 +163,97 @@ def _is_query(leaf: LeafShape, query: Any) -> bool:
     if query is not None:
         return any(re.fullmatch(p, leaf.path) for p in query)
     if leaf.role is not None:
+        if "attention_query" in leaf.roles and len(leaf.roles) > 1:
+            raise ValueError(
+                f"mup: the kernel at {leaf.path!r} is a fused projection ({'+'.join(leaf.roles)}): "
+                "muP's 1/d_head belongs to its query part only, which one leaf cannot carry; "
+                "split the projection, or pass query=[] to leave the logit scale out"
+            )
         return leaf.role == "attention_query"
-    return leaf.kind == "hidden" and bool(_QUERY_NAMES.search(leaf.path.lower()))
+    return bool(_QUERY_NAMES.search(leaf.path.lower()))
+
+
+def _ends_branch(leaf: LeafShape, residual: Sequence[str] | None) -> bool:
+    """A residual branch's last kernel, or the gain of a norm that ends the branch."""
+    if residual is not None:
+        return any(re.fullmatch(p, leaf.path) for p in residual)
+    if not leaf.residual_output:
+        return False
+    if leaf.fan_in_axes:
+        return True
+    if leaf.role == "norm_scale":
+        if leaf.norm_offset:
+            raise ValueError(
+                f"mup: the residual branch ending at the norm {leaf.path!r} computes "
+                "x * (1 + scale): a depth multiplier cannot be moved into its scale; "
+                "multiply the branch in the model"
+            )
+        return True
+    return False
+
+
+def _depth_multipliers(shapes: BaseShapes, ends: set[str]) -> dict[str, float]:
+    """``L / base_L`` per leaf inside the blocks whose branches end at ``ends``: a scanned
+    stack's length, or the number of indexed blocks of the group the ends sit in."""
+    groups = {shapes[p].layer_group for p in ends if shapes[p].layer_axis is None}
+    stacked = [shapes[p] for p in ends if shapes[p].layer_axis is not None]
+    if not ends:
+        raise ValueError(
+            "mup: depth= found no residual branch end (no kernel or norm gain whose output "
+            "reaches a residual add): pass structure=fi.model_structure(model, x) or "
+            "residual=[regex, ...]"
+        )
+    if None in groups:
+        where = next(p for p in ends if shapes[p].layer_axis is None and not shapes[p].layer_group)
+        raise ValueError(
+            f"mup: depth=: the branch end {where!r} is in no block indexed by its path "
+            "(blocks_0, layers/0, h_0, ...) nor in a scanned stack, so its depth is unknown"
+        )
+    out: dict[str, float] = {}
+    for group in groups:
+        length, base_length = shapes.group_layers[group], shapes.base_group_layers.get(group)
+        if not base_length:
+            raise ValueError(f"mup: depth=: base has no blocks under {group!r}")
+        have = {shapes[p].layer for p in ends if shapes[p].layer_group == group}
+        missing = sorted(set(range(length)) - have)
+        if missing:
+            raise ValueError(
+                f"mup: depth=: block {missing[0]} of {group!r} has no residual branch end "
+                "that flaxinit found, so it would get no depth multiplier: pass "
+                "residual=[regex, ...] naming every branch's last layer"
+            )
+        for leaf in shapes.values():
+            if leaf.layer_group == group:
+                out[leaf.path] = length / base_length
+    if stacked:
+        ratios = {
+            leaf.shape[leaf.layer_axis] / leaf.base_shape[leaf.layer_axis] for leaf in stacked
+        }
+        if len(ratios) != 1:
+            raise ValueError(f"mup: depth=: scanned stacks grow by different factors {ratios}")
+        ratio = ratios.pop()
+        for leaf in shapes.values():
+            if leaf.layer_axis is not None:
+                out[leaf.path] = ratio
+    return out
+
+
+def _head_dim_mult(leaf: LeafShape, given: float | None) -> float:
+    """The growth of the attention head dimension at a query kernel."""
+    if given is not None:
+        return float(given)
+    out = leaf.fan_out_axes
+    if len(out) < 2 and out and out[0] in leaf.infinite_axes:
+        raise ValueError(
+            f"mup: the query kernel at {leaf.path!r} packs heads and head dimension in one "
+            f"axis (shape {leaf.shape}, base {leaf.base_shape}), so whether d_head grows is "
+            "unknown: pass head_dim_mult= (d_head / base d_head; 1 when only the head count "
+            "grows)"
+        )
+    head = out[-1] if out else None
+    if head is None or head not in leaf.infinite_axes:
+        return 1.0
+    return leaf.shape[head] / leaf.base_shape[head]
 
 
 def _is_tied(structure: Any, path: str) -> bool:
@@ -195,6 +284,7 @@ def parametrize(
     query: Sequence[str] | None = None,
     residual: Sequence[str] | None = None,
     tied_readout_scaled: bool = False,
+    head_dim_mult: float | None = None,
 ) -> Parametrization:
     """Every leaf's muP init scale and learning-rate multiplier (the module docstring
     has the table); :func:`rules` and :func:`scale_updates` are built from this.
@@ -214,6 +304,9 @@ def parametrize(
         structure is given and their names are not ``query``/``q``/``q_proj``/...
       residual: regular expressions selecting residual branches' last kernels, for
         ``depth=`` without a structure.
+      head_dim_mult: the growth of the attention head dimension (``d_head / base
+        d_head``; 1 when only the number of heads grows), needed where a query kernel
+        packs heads and head dimension in one axis (a 2-D ``q_proj``).
       tied_readout_scaled: the model multiplies its tied readout's logits by
         ``base_width / width`` itself; without it a tied embedding (found with
         ``structure=``) raises, since its readout multiplier cannot be moved into
@@ -239,16 +332,12 @@ def parametrize(
         ):
             raise TypeError(f"mup: {name} must be a list of regular expressions, got {value!r}")
     shapes = base_shapes(params, base, structure=structure, delta=delta, depth=depth is not None)
-    alpha = 0.0
-    depth_mult = 1.0
-    if depth is not None:
-        alpha = DEPTHS[depth]
-        if shapes.num_layers is None or shapes.base_num_layers is None:
-            raise ValueError(
-                "mup: depth= needs the number of layers of params and base: name blocks "
-                "layers_0, h_0, blocks/0, ... or scan them"
-            )
-        depth_mult = shapes.num_layers / shapes.base_num_layers
+    alpha = 0.0 if depth is None else DEPTHS[depth]
+    sgd = optimizer == "sgd"
+    ends = {
+        leaf.path for leaf in shapes.values() if depth is not None and _ends_branch(leaf, residual)
+    }
+    depth_of = _depth_multipliers(shapes, ends) if depth is not None else {}
     paths = set(shapes)
     tied = {path for path in paths if structure is not None and _is_tied(structure, path)}
     out: dict[str, LeafParametrization] = {}
@@ -259,7 +348,6 @@ def parametrize(
         m, m_out = leaf.fan_in_mult, leaf.fan_out_mult
         why: list[str] = []
         init, init_scale = "keep", 1.0
-        sgd = optimizer == "sgd"
         if leaf.kind == "input":
             init, lr = "rms", (m_out if sgd else 1.0)
         elif leaf.kind == "hidden":
@@ -274,11 +362,10 @@ def parametrize(
         if leaf.kind != "finite":
             why.append(f"{leaf.kind} (m={leaf.width_mult:g})")
         moved = 1.0
-        if leaf.kind == "hidden" and _is_query(leaf, query):
+        if leaf.fan_in_axes and _is_query(leaf, query):
             found_query = True
-            head = leaf.fan_out_axes[-1] if leaf.fan_out_axes else None
-            if head is not None and head in leaf.infinite_axes:
-                m_head = leaf.shape[head] / leaf.base_shape[head]
+            m_head = _head_dim_mult(leaf, head_dim_mult)
+            if m_head != 1.0:
                 moved *= m_head**-0.5
                 why.append(f"attention 1/d_head: x{m_head**-0.5:.4g}")
         if leaf.kind == "input" and leaf.path in tied and not tied_readout_scaled:
@@ -289,22 +376,18 @@ def parametrize(
                 "MuSharedReadout puts it in the model). Multiply the tied logits by "
                 "base_width / width in the model and pass tied_readout_scaled=True"
             )
-        in_block = leaf.layer is not None or leaf.layer_axis is not None
-        if depth is not None:
-            ends = (
-                leaf.residual_output
-                if residual is None
-                else any(re.fullmatch(p, leaf.path) for p in residual)
-            )
-            if ends and leaf.kind in ("hidden", "input", "output"):
+        if leaf.path in depth_of:
+            depth_mult = depth_of[leaf.path]
+            if leaf.path in ends and depth_mult != 1.0:
                 moved *= depth_mult**-alpha
                 why.append(f"branch x L^-{alpha:g}: x{depth_mult**-alpha:.4g}")
-            if in_block and alpha != 1.0:
-                factor = 1.0 if sgd else depth_mult ** (alpha - 1)
-                lr *= factor
-                if factor != 1.0:
-                    why.append(f"in-block lr x{factor:.4g}")
+            factor = 1.0 if sgd else depth_mult ** (alpha - 1)
+            lr *= factor
+            if factor != 1.0:
+                why.append(f"in-block lr x{factor:.4g}")
         if moved != 1.0:
+            if init == "keep":
+                init = "scale"  # a finite kernel or a norm gain: its own init, times moved
             init_scale *= moved
             lr *= moved**2 if sgd else moved
             for bias in _siblings(leaf.path, paths):
@@ -320,12 +403,21 @@ def parametrize(
                 "structure=fi.model_structure(model, x), or query=[regex, ...] naming the "
                 "query kernels (query=[] if the head dimension does not grow)"
             )
+    readouts = [leaf for leaf in shapes.values() if leaf.kind == "output"]
+    if structure is None and not tied_readout_scaled and shapes.any_width and not readouts:
+        raise ValueError(
+            "mup: no output leaf (a kernel whose fan-in grows and fan-out does not): "
+            "a tied readout (embedding.attend) needs its logits multiplied by "
+            "base_width / width in the model, which flaxinit cannot find without "
+            "structure=fi.model_structure(model, x); pass structure=, or "
+            "tied_readout_scaled=True once the model scales its tied logits"
+        )
     for path, (factor, why) in bias_factors.items():
         p = out[path]
         out[path] = dataclasses.replace(
             p,
             init="scale",
-            init_scale=factor,
+            init_scale=p.init_scale * factor,
             lr_multiplier=p.lr_multiplier * (factor**2 if optimizer == "sgd" else factor),
             why=(*p.why, *why),
         )
@@ -334,7 +426,9 @@ def parametrize(
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class RescaleRMS(_actions.Action):
-    """Multiplies the leaf so its root mean square is ``rms`` (per layer of a stack).
+    """Multiplies the leaf so its root mean square is ``rms``: over the whole leaf, or per
+    layer where the rules engine hands it a stack layer by layer (a stack whose leaves
+    carry ``'layers'`` partition metadata).
 
     The leaf keeps its distribution's shape (the model's own initializer) and gets the
     muP scale. A leaf that is all zeros stays zero.
@@ -374,6 +468,7 @@ def rules(
     query: Sequence[str] | None = None,
     residual: Sequence[str] | None = None,
     tied_readout_scaled: bool = False,
+    head_dim_mult: float | None = None,
 ) -> list[tuple[str, Any]]:
     """Rules for :func:`flaxinit.apply_rules` that give ``variables`` muP's init.
 
@@ -389,10 +484,13 @@ def rules(
     not muP.
 
     Adam's epsilon breaks the symmetry when updates are as small as epsilon: use a
-    small epsilon (1e-8 or below, or scale it with ``1/m``). Weight decay: keep the
-    per-step decay fixed by putting ``optax.add_decayed_weights`` after
-    :func:`scale_updates` (microsoft/mup's ``MuAdam`` multiplies AdamW's decay by
-    ``m`` to the same effect).
+    small epsilon (1e-8 or below, or scale it with ``1/m``). Weight decay: to keep the
+    per-step decay ``lr * wd`` the same for every leaf (microsoft/mup's ``MuAdam``
+    multiplies AdamW's decay by ``m`` to that end), decay after the muP scaling and
+    before the learning rate: ``optax.chain(optax.scale_by_adam(),
+    fi.mup.scale_updates(...), optax.add_decayed_weights(wd),
+    optax.scale_by_learning_rate(lr))``. ``optax.adamw`` followed by
+    :func:`scale_updates` instead divides a hidden leaf's decay by ``m``.
 
     Args: as :func:`parametrize`.
 
@@ -425,6 +523,7 @@ def rules(
         query=query,
         residual=residual,
         tied_readout_scaled=tied_readout_scaled,
+        head_dim_mult=head_dim_mult,
     )
     needs = [p for p in plan.leaves if p.init == "rms"]
     base_rms = _base_rms(base, plan.shapes) if needs else {}
@@ -452,6 +551,7 @@ def learning_rate_multipliers(
     query: Sequence[str] | None = None,
     residual: Sequence[str] | None = None,
     tied_readout_scaled: bool = False,
+    head_dim_mult: float | None = None,
 ) -> Any:
     """The tree of ``params`` with each leaf replaced by its muP learning-rate
     multiplier (a float); see :func:`parametrize`.
@@ -475,6 +575,7 @@ def learning_rate_multipliers(
         query=query,
         residual=residual,
         tied_readout_scaled=tied_readout_scaled,
+        head_dim_mult=head_dim_mult,
     )
     return flatten_tree(params).rebuild([p.lr_multiplier for p in plan.leaves])
 
@@ -526,6 +627,7 @@ def scale_updates(
     query: Sequence[str] | None = None,
     residual: Sequence[str] | None = None,
     tied_readout_scaled: bool = False,
+    head_dim_mult: float | None = None,
 ) -> optax.GradientTransformation:
     """An optax transform that multiplies each leaf's update by its muP learning-rate
     multiplier; chain it after the base optimizer.
@@ -566,6 +668,7 @@ def scale_updates(
         query=query,
         residual=residual,
         tied_readout_scaled=tied_readout_scaled,
+        head_dim_mult=head_dim_mult,
     )
     expected = [(p.path, p.shape.shape) for p in plan.leaves]
     multipliers = [p.lr_multiplier for p in plan.leaves]

@@ -48,8 +48,12 @@ class LeafShape:
       fan_out_axes: the axes carried to the layer's output.
       layer_axis: a scanned stack's layer axis (not a width), or None.
       layer: the block index read from the path or structure, or None.
+      layer_group: the path prefix naming the blocks the index counts
+        (``params/blocks``), or None.
       role: the role read by :func:`flaxinit.model_structure`, or None without one.
+      roles: every role the structure read (a fused kernel plays several).
       residual_output: whether the leaf ends a residual branch (from the structure).
+      norm_offset: ``1.0`` for the scale of a norm computing ``x * (1 + scale)``.
     """
 
     path: str
@@ -61,8 +65,11 @@ class LeafShape:
     fan_out_axes: tuple[int, ...]
     layer_axis: int | None = None
     layer: int | None = None
+    layer_group: str | None = None
     role: str | None = None
+    roles: tuple[str, ...] = ()
     residual_output: bool = False
+    norm_offset: float = 0.0
 
     def _mult(self, axes: Sequence[int]) -> float:
         axes = [a for a in axes if a in self.infinite_axes]
@@ -103,6 +110,8 @@ class BaseShapes(collections.abc.Mapping):
       num_layers: the depth of ``params`` (scanned stack length or number of block
         indices), or None.
       base_num_layers: the depth of ``base``, or None.
+      group_layers: per group of indexed blocks (``params/blocks``), its number of
+        blocks in ``params``; ``base_group_layers`` the same in ``base``.
     """
 
     def __init__(
@@ -110,10 +119,19 @@ class BaseShapes(collections.abc.Mapping):
         leaves: Sequence[LeafShape],
         num_layers: int | None = None,
         base_num_layers: int | None = None,
+        group_layers: dict[str, int] | None = None,
+        base_group_layers: dict[str, int] | None = None,
     ) -> None:
         self._leaves = {leaf.path: leaf for leaf in leaves}
         self.num_layers = num_layers
         self.base_num_layers = base_num_layers
+        self.group_layers = dict(group_layers or {})
+        self.base_group_layers = dict(base_group_layers or {})
+
+    @property
+    def any_width(self) -> bool:
+        """Whether any axis grows with width (not only a stack's depth)."""
+        return any(leaf.infinite_axes for leaf in self._leaves.values())
 
     def __getitem__(self, path: str) -> LeafShape:
         try:
@@ -191,6 +209,15 @@ def _match(target: list, base: list, what: str, depth: bool) -> list[int]:
             f"mup: {what} has a leaf at {extra[0]!r} the parameters lack: it must be the "
             "same model's tree at another width"
         )
+    return out
+
+
+def _group_layers(infos: Sequence[LeafInfo]) -> dict[str, int]:
+    """Per group of indexed blocks (``params/blocks``), its number of blocks."""
+    out: dict[str, int] = {}
+    for info in infos:
+        if info.layer is not None and info.layer_group is not None:
+            out[info.layer_group] = max(out.get(info.layer_group, 0), info.layer + 1)
     return out
 
 
@@ -302,6 +329,13 @@ def base_shapes(
                     f"but {bshape[layer_axis]} in base: pass depth= to transfer across depth"
                 )
             inf.discard(layer_axis)
+        if sleaf is not None and sleaf.role == "other" and len(inf) >= 2:
+            raise ValueError(
+                f"mup: the leaf at {info.path!r} (shape {shape}, base {bshape}) grows in "
+                f"{len(inf)} axes but the model structure gives it no fan axes (role "
+                f"'other': {sleaf.reason or 'no evidence'}), so its muP kind is unknown; "
+                "trace the structure on inputs that use it"
+            )
         # A leaf with no fan-in (a bias, a norm gain, of any rank) is vector-like.
         outside = sorted(inf - set(fan_in) - set(fan_out)) if fan_in else []
         if outside:
@@ -330,8 +364,11 @@ def base_shapes(
                 fan_out_axes=fan_out,
                 layer_axis=layer_axis,
                 layer=info.layer if sleaf is None or sleaf.layer is None else sleaf.layer,
+                layer_group=info.layer_group,
                 role=None if sleaf is None else sleaf.role,
+                roles=() if sleaf is None else tuple(sleaf.roles),
                 residual_output=bool(sleaf is not None and sleaf.residual_output),
+                norm_offset=0.0 if sleaf is None else float(sleaf.norm_offset),
             )
         )
     if not any_infinite and not depth:
@@ -350,4 +387,10 @@ def base_shapes(
     ]
     if stacked:
         base_num_layers = max(stacked)
-    return BaseShapes(out, num_layers, base_num_layers)
+    return BaseShapes(
+        out,
+        num_layers,
+        base_num_layers,
+        group_layers=_group_layers([info for info, _ in target]),
+        base_group_layers=_group_layers([info for info, _ in base_all]),
+    )
