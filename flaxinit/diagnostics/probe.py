@@ -66,6 +66,7 @@ from flaxinit import inspection
 # Re-exported: the activation layers live with the selection they belong to.
 from flaxinit.inspection import Activation as Activation
 from flaxinit.inspection import NNXActivation as NNXActivation
+from flaxinit.rules import paths
 
 # Nonlinearities whose output is exactly 0 on half the line: a unit can die.
 RECTIFIERS = frozenset({"relu", "relu6"})
@@ -493,19 +494,7 @@ def blas_single_threaded() -> contextlib.AbstractContextManager:
 
 def path_str(keypath: Sequence[Any]) -> str:
     """``a/b/0/kernel`` from a jax key path; a trailing ``.value`` (NNX, boxes) is dropped."""
-    parts = []
-    for k in keypath:
-        if isinstance(k, jax.tree_util.DictKey):
-            parts.append(str(k.key))
-        elif isinstance(k, jax.tree_util.GetAttrKey):
-            parts.append(k.name)
-        elif isinstance(k, jax.tree_util.SequenceKey):
-            parts.append(str(k.idx))
-        else:
-            parts.append(str(k))
-    if parts and parts[-1] == "value" and isinstance(keypath[-1], jax.tree_util.GetAttrKey):
-        parts.pop()
-    return "/".join(parts)
+    return paths.path_str(keypath, drop_value=True)
 
 
 def natural_key(path: str) -> tuple:

@@ -32,8 +32,9 @@ def _haar_matrix(key, shape, column_axis, dtype):
     return jnp.moveaxis(q, -1, column_axis)
 
 
-def _orthogonal_matrix(key, shape, column_axis, dtype):
-    """One Haar matrix per key, also when vmapped (stacked layers, gate blocks).
+def orthogonal_matrix(key, shape, column_axis, dtype):
+    """One Haar matrix per key, also when vmapped (stacked layers, gate blocks); shared
+    with LSUV's orthonormal pre-init.
 
     Under ``vmap`` the QR decompositions run one at a time on the CPU (``lax.map``)
     and batched elsewhere: jaxlib's batched CPU QR runs the matrices on a thread pool
@@ -131,13 +132,13 @@ def orthogonal(
 
         def compute():
             if not batch:
-                q = _orthogonal_matrix(key, shape, column, draw)
+                q = orthogonal_matrix(key, shape, column, draw)
             else:
                 slice_shape = tuple(d for i, d in enumerate(shape) if i not in batch)
                 slice_column = column - sum(b < column for b in batch)
                 batch_shape = tuple(shape[b] for b in batch)
                 keys = jax.random.split(key, math.prod(batch_shape))
-                q = jax.vmap(lambda k: _orthogonal_matrix(k, slice_shape, slice_column, draw))(keys)
+                q = jax.vmap(lambda k: orthogonal_matrix(k, slice_shape, slice_column, draw))(keys)
                 q = q.reshape(batch_shape + slice_shape)
                 q = jnp.moveaxis(q, tuple(range(len(batch))), batch)
             return (jnp.array(scale, draw) * q).astype(dtype)

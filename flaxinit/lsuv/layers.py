@@ -13,7 +13,7 @@ import numpy as np
 
 from flaxinit import inspection
 from flaxinit.initializers import orthogonal
-from flaxinit.initializers.orthogonal import _orthogonal_matrix
+from flaxinit.initializers.orthogonal import orthogonal_matrix
 from flaxinit.lsuv.cache import COUNTS, MAX_ENTRIES, PRE_INIT_PROGRAMS
 from flaxinit.rules.actions import vmap_matches_loop
 from flaxinit.rules.engine import stable_hash
@@ -210,7 +210,7 @@ def orthonormal_groups(key: jax.Array, infos: Sequence[LayerInfo], leaves) -> li
                 ]
             )
         out.append(
-            jax.vmap(lambda k, shape=(rows, cols): _orthogonal_matrix(k, shape, 1, jnp.float32))(
+            jax.vmap(lambda k, shape=(rows, cols): orthogonal_matrix(k, shape, 1, jnp.float32))(
                 keys
             )
         )

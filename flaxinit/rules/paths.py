@@ -67,8 +67,15 @@ def _key_str(k: Any) -> str:
     return str(k)
 
 
-def path_str(keypath: Sequence[Any]) -> str:
-    """Joins a jax key path with ``/``: dict keys, attribute names, list indices."""
+def path_str(keypath: Sequence[Any], *, drop_value: bool = False) -> str:
+    """Joins a jax key path with ``/``: dict keys, attribute names, list indices.
+
+    ``drop_value`` drops a trailing ``.value`` attribute (an NNX ``Variable`` or a Flax
+    box flattened by ``jax.tree_util``), so such a leaf's path is its owner's.
+    """
+    last = keypath[-1] if keypath else None
+    if drop_value and isinstance(last, jax.tree_util.GetAttrKey) and last.name == "value":
+        keypath = keypath[:-1]
     return SEP.join(_key_str(k) for k in keypath)
 
 
