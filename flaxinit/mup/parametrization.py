@@ -459,16 +459,7 @@ def _exact(path: str) -> str:
 def rules(
     variables: Any,
     base: Any,
-    *,
-    structure: Any = None,
-    delta: Any = None,
-    optimizer: str = "adam",
-    readout: str = "zero",
-    depth: str | None = None,
-    query: Sequence[str] | None = None,
-    residual: Sequence[str] | None = None,
-    tied_readout_scaled: bool = False,
-    head_dim_mult: float | None = None,
+    **options: Any,
 ) -> list[tuple[str, Any]]:
     """Rules for :func:`flaxinit.apply_rules` that give ``variables`` muP's init.
 
@@ -492,7 +483,12 @@ def rules(
     optax.scale_by_learning_rate(lr))``. ``optax.adamw`` followed by
     :func:`scale_updates` instead divides a hidden leaf's decay by ``m``.
 
-    Args: as :func:`parametrize`.
+    Args:
+      variables: the model's variables (or params) at the target width.
+      base: the same model's variables at the base width, with values.
+      **options: :func:`parametrize`'s keywords (``structure``, ``delta``,
+        ``optimizer``, ``readout``, ``depth``, ``query``, ``residual``,
+        ``tied_readout_scaled``, ``head_dim_mult``).
 
     Returns:
       ``(pattern, action)`` pairs, one per changed leaf (exact-path patterns).
@@ -512,19 +508,7 @@ def rules(
       >>> float(jnp.abs(new["params"]["layers_4"]["kernel"]).max())  # readout at zero
       0.0
     """
-    plan = parametrize(
-        variables,
-        base,
-        structure=structure,
-        delta=delta,
-        optimizer=optimizer,
-        readout=readout,
-        depth=depth,
-        query=query,
-        residual=residual,
-        tied_readout_scaled=tied_readout_scaled,
-        head_dim_mult=head_dim_mult,
-    )
+    plan = parametrize(variables, base, **options)
     needs = [p for p in plan.leaves if p.init == "rms"]
     base_rms = _base_rms(base, plan.shapes) if needs else {}
     out: list[tuple[str, Any]] = []
@@ -543,18 +527,10 @@ def rules(
 def learning_rate_multipliers(
     params: Any,
     base: Any,
-    *,
-    structure: Any = None,
-    delta: Any = None,
-    optimizer: str = "adam",
-    depth: str | None = None,
-    query: Sequence[str] | None = None,
-    residual: Sequence[str] | None = None,
-    tied_readout_scaled: bool = False,
-    head_dim_mult: float | None = None,
+    **options: Any,
 ) -> Any:
     """The tree of ``params`` with each leaf replaced by its muP learning-rate
-    multiplier (a float); see :func:`parametrize`.
+    multiplier (a float); ``options`` are :func:`parametrize`'s keywords.
 
     Example:
       >>> import flax.linen as nn
@@ -565,28 +541,14 @@ def learning_rate_multipliers(
       >>> {name: leaf["kernel"] for name, leaf in lr["params"].items()}
       {'layers_0': 1.0, 'layers_2': 0.25, 'layers_4': 0.25}
     """
-    plan = parametrize(
-        params,
-        base,
-        structure=structure,
-        delta=delta,
-        optimizer=optimizer,
-        depth=depth,
-        query=query,
-        residual=residual,
-        tied_readout_scaled=tied_readout_scaled,
-        head_dim_mult=head_dim_mult,
-    )
+    plan = parametrize(params, base, **options)
     return flatten_tree(params).rebuild([p.lr_multiplier for p in plan.leaves])
 
 
-def update_labels(
-    params: Any,
-    base: Any,
-    **kwargs: Any,
-) -> tuple[Any, dict[str, float]]:
+def update_labels(params: Any, base: Any, **options: Any) -> tuple[Any, dict[str, float]]:
     """Labels for ``optax.multi_transform``: a tree of strings naming each leaf's
-    kind and multiplier (``"hidden x0.25"``), and ``{label: multiplier}``.
+    kind and multiplier (``"hidden x0.25"``), and ``{label: multiplier}``; ``options`` are
+    :func:`parametrize`'s keywords.
 
     Example:
       >>> import flax.linen as nn
@@ -605,7 +567,7 @@ def update_labels(
       ...     {k: optax.chain(optax.adam(1e-3), optax.scale(m)) for k, m in multipliers.items()},
       ...     labels)
     """
-    plan = parametrize(params, base, **kwargs)
+    plan = parametrize(params, base, **options)
     names = [f"{p.shape.kind} x{p.lr_multiplier:.6g}" for p in plan.leaves]
     return flatten_tree(params).rebuild(names), {
         n: p.lr_multiplier for n, p in zip(names, plan.leaves, strict=True)
@@ -619,15 +581,7 @@ class ScaleUpdatesState(NamedTuple):
 def scale_updates(
     params: Any,
     base: Any,
-    *,
-    structure: Any = None,
-    delta: Any = None,
-    optimizer: str = "adam",
-    depth: str | None = None,
-    query: Sequence[str] | None = None,
-    residual: Sequence[str] | None = None,
-    tied_readout_scaled: bool = False,
-    head_dim_mult: float | None = None,
+    **options: Any,
 ) -> optax.GradientTransformation:
     """An optax transform that multiplies each leaf's update by its muP learning-rate
     multiplier; chain it after the base optimizer.
@@ -638,9 +592,9 @@ def scale_updates(
     Linen variables (their ``params`` collection is used, the one an optimizer updates),
     an NNX ``State`` (``nnx.state(model, nnx.Param)``) or abstract; the updates the
     transform receives must have the same paths and shapes, else ``ValueError``
-    naming the first leaf that differs. Build it with the same arguments as
-    :func:`rules`. The multipliers are Python floats folded into the step: no extra
-    memory, no extra state.
+    naming the first leaf that differs. ``options`` are :func:`parametrize`'s keywords;
+    build it with the same ones as :func:`rules`. The multipliers are Python floats
+    folded into the step: no extra memory, no extra state.
 
     Example:
       >>> import flax.linen as nn
@@ -657,19 +611,9 @@ def scale_updates(
     # The optimizer updates the params collection alone: take it from Linen variables.
     if _has_params_collection(params) and _has_params_collection(base):
         params, base = params["params"], base["params"]
-        delta = delta["params"] if _has_params_collection(delta) else delta
-    plan = parametrize(
-        params,
-        base,
-        structure=structure,
-        delta=delta,
-        optimizer=optimizer,
-        depth=depth,
-        query=query,
-        residual=residual,
-        tied_readout_scaled=tied_readout_scaled,
-        head_dim_mult=head_dim_mult,
-    )
+        if _has_params_collection(options.get("delta")):
+            options["delta"] = options["delta"]["params"]
+    plan = parametrize(params, base, **options)
     expected = [(p.path, p.shape.shape) for p in plan.leaves]
     multipliers = [p.lr_multiplier for p in plan.leaves]
 

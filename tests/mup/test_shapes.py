@@ -84,6 +84,19 @@ def test_gemma_einsum_layout_with_the_structure():
     assert s["layers/0/attn/attn_vec_einsum/w"].kind == "hidden"
     assert s["embedder/embedding"].kind == "input"
     assert s["final_norm/scale"].kind == "vector"
+    # The whole parametrization on this layout: the tied `attend` readout is found and
+    # refused until the model scales it; x * (1 + scale) gains stay at zero.
+    with pytest.raises(ValueError, match=r"'embedder/embedding' is also the readout"):
+        fi.mup.parametrize(params, base_params, structure=structure)
+    plan = {
+        p.path: p
+        for p in fi.mup.parametrize(
+            params, base_params, structure=structure, tied_readout_scaled=True
+        ).leaves
+    }
+    assert plan["layers/0/pre_ffw_norm/scale"].init == "keep"
+    assert plan["layers/0/attn/q_einsum/w"].init_scale == pytest.approx(0.5)  # 1/sqrt2 twice
+    assert plan["layers/0/attn/kv_einsum/w"].lr_multiplier == pytest.approx(0.5)
 
 
 def test_scanned_stack_axis_is_not_a_width():
