@@ -61,3 +61,27 @@ def compare(
         times_theirs.append(t_theirs)
         ratios.append(t_ours / t_theirs)
     return statistics.median(times_ours), statistics.median(times_theirs), statistics.median(ratios)
+
+
+def seconds(fn: Callable[[], object]) -> float:
+    """Wall seconds of one ``fn()`` call, results ready."""
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - start
+
+
+def first_call(fn: Callable[[], object]) -> float:
+    """Seconds of ``fn()`` as a user's first call pays them: every jit cache and LSUV's
+    program cache emptied first, so trace, compile and run are all counted."""
+    import flaxinit as fi
+
+    fi.lsuv.clear_cache()
+    jax.clear_caches()
+    return seconds(fn)
+
+
+def median_time(fn: Callable[[], object], repeats: int, *, warm: bool = False) -> float:
+    """Median seconds of ``repeats`` calls of ``fn()`` (after one untimed call if ``warm``)."""
+    if warm:
+        jax.block_until_ready(fn())
+    return statistics.median(seconds(fn) for _ in range(repeats))

@@ -22,14 +22,14 @@ unless `--smoke`, which runs the same code on tiny models (for tests; < 20 s).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from _timing import machine
+from _timing import first_call, machine
+from _timing import median_time as _median_time
 
 import flaxinit as fi
 from flaxinit.models import GPT
@@ -73,22 +73,7 @@ class ResNet50(nn.Module):
 
 
 def median_time(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())  # compiled and warm
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def first_call(fn) -> float:
-    """Seconds of ``fn()`` with every jit cache and LSUV's cache emptied first."""
-    fi.lsuv.clear_cache()
-    jax.clear_caches()
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    return time.perf_counter() - start
+    return _median_time(fn, repeats, warm=True)
 
 
 INITS = {

@@ -32,7 +32,7 @@ import time
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from _timing import machine
+from _timing import first_call, machine, median_time
 
 import flaxinit as fi
 from flaxinit.lsuv import _config
@@ -62,12 +62,7 @@ class ConvNet(nn.Module):
 
 
 def timed(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_time(fn, repeats)
 
 
 def compile_time(jitted, *args, **kwargs):
@@ -127,16 +122,6 @@ def compile_times(model, variables, x, key, config, repeats):
     return statistics.median(forward), statistics.median(ours), statistics.median(ratios)
 
 
-def _first_call(fn):
-    """Seconds of ``fn()`` run as in a fresh process: every jit cache and LSUV's cache
-    emptied first (so trace, compile and run are all paid)."""
-    fi.lsuv.clear_cache()
-    jax.clear_caches()
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    return time.perf_counter() - start
-
-
 def user_paid(label, model, x, repeats, call_kwargs=None):
     """What a user pays: ``fi.lsuv``'s first call and a repeated call with a new key,
     against a jitted forward pass's first call and a forward pass. First calls are
@@ -155,9 +140,9 @@ def user_paid(label, model, x, repeats, call_kwargs=None):
 
     fwd, plain, ortho, r_plain, r_ortho = [], [], [], [], []
     for n in range(repeats):
-        t_fwd = _first_call(forward_first)
-        t_plain = _first_call(lambda n=n: lsuv_call(jax.random.key(n), None))
-        t_ortho = _first_call(lambda n=n: lsuv_call(jax.random.key(n), "orthogonal"))
+        t_fwd = first_call(forward_first)
+        t_plain = first_call(lambda n=n: lsuv_call(jax.random.key(n), None))
+        t_ortho = first_call(lambda n=n: lsuv_call(jax.random.key(n), "orthogonal"))
         fwd.append(t_fwd)
         plain.append(t_plain)
         ortho.append(t_ortho)

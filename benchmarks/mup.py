@@ -20,16 +20,10 @@ import time
 import jax
 import jax.numpy as jnp
 import optax
-from _timing import compare, machine
+from _timing import compare, first_call, machine, seconds
 
 import flaxinit as fi
 from flaxinit.models import GPT
-
-
-def first_call(fn) -> float:
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    return time.perf_counter() - start
 
 
 def bench(d_model: int, num_layers: int, scan: bool, repeats: int, number: int) -> dict:
@@ -79,11 +73,12 @@ def bench(d_model: int, num_layers: int, scan: bool, repeats: int, number: int) 
         return fi.apply_rules(variables, rules, key=key, structure=structure)
 
     out["rules_first"] = first_call(lambda: apply_mup(jax.random.key(2)))
-    repeat = [first_call(lambda i=i: apply_mup(jax.random.key(3 + i))) for i in range(repeats)]
+    repeat = [seconds(lambda i=i: apply_mup(jax.random.key(3 + i))) for i in range(repeats)]
     out["rules_repeat"] = statistics.median(repeat)
     out["init_first"] = init_first
+    jax.block_until_ready(init(jax.random.key(4), tokens))  # recompiled: caches were emptied
     out["init_repeat"] = statistics.median(
-        first_call(lambda i=i: init(jax.random.key(5 + i), tokens)) for i in range(repeats)
+        seconds(lambda i=i: init(jax.random.key(5 + i), tokens)) for i in range(repeats)
     )
     return out
 
