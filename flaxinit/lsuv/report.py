@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from flaxinit.lsuv.fitting import INFEASIBLE, OK, STATUS_NAMES, ZERO_VARIANCE
+from flaxinit.tables import RecordTable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,59 +40,57 @@ class LayerFit:
 
 
 @dataclasses.dataclass(frozen=True)
-class LSUVReport(Sequence[LayerFit]):
-    """The per-layer records in execution order; ``str()`` gives a table."""
+class LSUVReport(RecordTable[LayerFit]):
+    """The per-layer records in execution order (a sequence); ``str()`` gives a table.
 
-    layers: tuple[LayerFit, ...]
+    Attributes:
+      records: one :class:`LayerFit` per fitted layer (per slice of a stacked layer).
+      target_var: the target variance.
+      tol: the tolerance on it.
+      measure: ``"output"`` or ``"activation"``.
+    """
+
     target_var: float
     tol: float
     measure: str
 
-    def __getitem__(self, index):
-        return self.layers[index]
+    right = (0, 3, 4, 5, 6)
 
-    def __len__(self) -> int:
-        return len(self.layers)
-
-    def __iter__(self) -> Iterator[LayerFit]:
-        return iter(self.layers)
+    @property
+    def layers(self) -> tuple[LayerFit, ...]:
+        """The records (as ``records``)."""
+        return self.records
 
     @property
     def converged(self) -> bool:
         """Whether every layer reached the target within tol."""
-        return all(r.converged for r in self.layers)
+        return all(r.converged for r in self.records)
 
     @property
     def flagged(self) -> tuple[LayerFit, ...]:
         """Layers that did not converge or were left unchanged."""
-        return tuple(r for r in self.layers if r.status != STATUS_NAMES[OK])
+        return tuple(r for r in self.records if r.status != STATUS_NAMES[OK])
 
-    def __str__(self) -> str:
-        headers = ("#", "layer", "kind", "var before", "var after", "scale", "rounds", "status")
-        rows = [
-            (
-                str(r.order),
-                r.path,
-                r.kind,
-                f"{r.var_before:.4g}",
-                f"{r.var_after:.4g}",
-                f"{r.scale:.4g}",
-                str(r.rounds),
-                r.status,
-            )
-            for r in self.layers
-        ]
-        widths = [
-            max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
-            for i, h in enumerate(headers)
-        ]
-        lines = [
+    def title(self) -> str:
+        return (
             f"LSUV ({self.measure}): target variance {self.target_var:g} +- {self.tol:g}, "
-            f"{len(self.layers)} layers, {len(self.flagged)} flagged",
-            "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)),
+            f"{len(self.records)} layers, {len(self.flagged)} flagged"
+        )
+
+    def headers(self) -> list[str]:
+        return ["#", "layer", "kind", "var before", "var after", "scale", "rounds", "status"]
+
+    def row(self, r: LayerFit) -> list[str]:
+        return [
+            str(r.order),
+            r.path,
+            r.kind,
+            f"{r.var_before:.4g}",
+            f"{r.var_after:.4g}",
+            f"{r.scale:.4g}",
+            str(r.rounds),
+            r.status,
         ]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-        return "\n".join(lines)
 
 
 def build_report(layers, fits, target_var, tol, measure) -> LSUVReport:
