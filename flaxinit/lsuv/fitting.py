@@ -21,10 +21,9 @@ sums of ``z, z^2, z b, b, b^2`` as a vector), computes ``c`` in a single scalar
 expression that ends in a division (so XLA keeps it out of the elementwise rescale
 instead of duplicating it there), and the program returns each layer's sums and
 ``c`` as they are; the report's variances and status codes are derived from them
-on the host, for all layers at once. Packing the layers' numbers into one array
-inside the program, returning the five sums as scalars, or returning more scalars
-per layer all compiled or ran measurably slower. The per-layer function is itself
-jitted, so a stack of same-shaped layers is traced once.
+on the host, for all layers at once, so the program carries no per-layer
+bookkeeping. The per-layer function is itself jitted, so a stack of same-shaped
+layers is traced once. (The layouts tried and their timings: ``benchmarks/README.md``.)
 """
 
 from __future__ import annotations
@@ -201,17 +200,16 @@ def blob_sums(z: jax.Array, bias: jax.Array | None) -> jax.Array:
     """Sums of ``z, z^2, z b, b, b^2`` over the output blob, as one vector.
 
     One reduction of the stacked terms (XLA fuses the stack into it), giving a
-    ``(5,)`` vector, or ``(2,)`` (``z, z^2``) without a bias. A vector rather than
-    five scalars: the program returns it as one output per layer, which measured
-    faster than five scalar outputs or one concatenation of all layers' sums.
+    ``(5,)`` vector, or ``(2,)`` (``z, z^2``) without a bias: one program output per
+    layer, whatever the number of sums.
     """
     if bias is None:
         terms = [z, z * z]
     else:
         b = jnp.broadcast_to(bias, z.shape)
         terms = [z, z * z, z * b, b, b * b]
-    # As (positions, channels) matrices whatever the layer's rank: a conv's 4-d
-    # blobs compiled slower, fully flat rows ran slower.
+    # As (positions, channels) matrices whatever the layer's rank, so every layer
+    # kind lowers to the same two-axis reduction.
     cols = z.shape[-1] if z.ndim and z.shape[-1] else 1
     return jnp.sum(jnp.stack([t.reshape(-1, cols) for t in terms]), axis=(1, 2))
 

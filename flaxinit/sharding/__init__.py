@@ -57,17 +57,16 @@ arrays of an Explicit mesh can fail (``nn.Embed``'s gather of a sharded table ra
 ``mesh=auto_mesh(mesh)``, and run the model under that mesh.
 
 Memory. For a GPT whose matrices are split 8 ways, each device's init program
-holds about 1/8 of the unsharded one (measured 0.123 to 0.127 of the bytes, the
-rest is LayerNorm parameters and biases kept whole). Two exceptions, both exact
-in value:
+holds about 1/8 of the unsharded one, plus the LayerNorm parameters and biases that
+stay whole (measurements: ``benchmarks/README.md``). Two exceptions, both exact in
+value:
 
 * ``orthogonal`` (and ``delta_orthogonal``, and re-draws with them) needs a QR of
   the whole matrix: every device draws the full Gaussian matrix in float32 and
   factors it, then keeps its shard. Per device that costs what the unsharded init
-  costs, about 4 copies of the float32 matrix (measured 16.5 MiB per device for a
-  sharded 1024 x 1024 orthogonal on 8 devices, against 2.0 MiB for ``normal`` and
-  16.0 MiB unsharded). Budget for one such matrix at a time on every device, or
-  give the largest matrices (embeddings, LM heads) another initializer.
+  costs (the Gaussian draw, its QR factors and the result: a few float32 copies of
+  the matrix). Budget for one such matrix at a time on every device, or give the
+  largest matrices (embeddings, LM heads) another initializer.
 * ``at[index](action)`` on a dimension that is sharded may let the partitioner
   gather the leaf; use it on small leaves (biases, gates).
 
