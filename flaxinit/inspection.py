@@ -28,8 +28,9 @@ Selection is a predicate ``select(module, path) -> bool`` on the module and its 
 (:data:`LINEAR`: Linen ``Dense``, ``DenseGeneral``, ``Conv``, ``ConvLocal``,
 ``ConvTranspose``, ``Einsum``, ``Embed``; NNX ``Linear``, ``LinearGeneral``, ``Conv``,
 ``ConvTranspose``, ``Einsum``, ``Embed``; subclasses included) and the :class:`Activation`
-/ :class:`NNXActivation` layers that make a nonlinearity visible (a bare ``nn.relu(x)`` is
-a function call, not a layer, and cannot be seen). Only ``__call__`` gives sites; a
+/ :class:`NNXActivation` layers that make a nonlinearity a layer (a bare ``nn.relu(x)`` is
+a function call, not a layer: the tap does not see it; the diagnostics read it from the
+model's jaxpr, :mod:`flaxinit.diagnostics.inferred`). Only ``__call__`` gives sites; a
 module that calls ``super().__call__`` gives one site per call, the outermost.
 
 How layers are seen:

@@ -5,9 +5,14 @@ batch, forward and backward, inside one ``jax.jit``. It measures every layer's
 activations, every parameter's gradient and every weight matrix's rank and symmetry. It
 then reports vanishing or exploding signals, saturated or dead units, unbroken symmetry
 and rank-deficient weights, each with an explanation and a suggested fix.
-``python -m flaxinit.doctor`` does this on built-in models and plots it.
+``python -m flaxinit.doctor`` does this on built-in models and plots it. The models
+are :mod:`flaxinit.models`'s (``flaxinit.diagnostics.MLP``, ``CNN``, ``GPT`` and
+``NNXMLP`` are deprecated: they build the zoo's ``MLP``, ``ConvNet``, ``GPT``, ``NNXMLP``).
 """
 
+import importlib
+
+from flaxinit import _deprecation
 from flaxinit.diagnostics.activations import (
     ActivationRecord,
     activation_stats,
@@ -15,7 +20,6 @@ from flaxinit.diagnostics.activations import (
 )
 from flaxinit.diagnostics.data import digit_tokens, digits
 from flaxinit.diagnostics.gradients import GradientRecord, gradient_stats
-from flaxinit.diagnostics.models import CNN, GPT, MLP, NNXMLP
 from flaxinit.diagnostics.plots import plot_activation_histograms, plot_depth_profiles
 from flaxinit.diagnostics.probe import (
     Activation,
@@ -28,10 +32,6 @@ from flaxinit.diagnostics.report import Finding, HealthReport, Thresholds, findi
 from flaxinit.diagnostics.weights import WeightRecord, weight_stats
 
 __all__ = [
-    "CNN",
-    "GPT",
-    "MLP",
-    "NNXMLP",
     "Activation",
     "ActivationRecord",
     "Finding",
@@ -54,3 +54,23 @@ __all__ = [
     "plot_depth_profiles",
     "weight_stats",
 ]
+
+
+def _old_model(name: str):
+    """Loads the deprecated name's builder (old signature, zoo model) on first use."""
+
+    def load():
+        return getattr(importlib.import_module("flaxinit.diagnostics._legacy"), name)
+
+    return load
+
+
+__getattr__ = _deprecation.module_getattr(
+    "flaxinit.diagnostics",
+    {
+        "MLP": ("flaxinit.models.MLP", _old_model("MLP")),
+        "CNN": ("flaxinit.models.ConvNet", _old_model("CNN")),
+        "GPT": ("flaxinit.models.GPT", _old_model("GPT")),
+        "NNXMLP": ("flaxinit.models.NNXMLP", _old_model("NNXMLP")),
+    },
+)

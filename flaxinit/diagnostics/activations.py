@@ -31,9 +31,14 @@ class ActivationRecord:
       module: the layer's class name.
       activation: the nonlinearity that ``dead_fraction`` and ``saturated_fraction``
         refer to. For an activation site this is its own function. For a linear site it
-        is the declared ``activation=``, applied to this output, or to the output of the
-        norm layer that takes it (see ``normalized_by``); it is ``None`` when nothing
-        was declared and for the last linear layer.
+        is applied to this output, or to the output of the norm layer that takes it (see
+        ``normalized_by``), and comes from, in this order: nothing when an
+        :class:`~flaxinit.diagnostics.Activation` layer takes the output (that layer's
+        own record has it); the declared ``activation=`` (every linear layer but the
+        last); the nonlinearity the model's jaxpr applies to it
+        (:mod:`flaxinit.diagnostics.inferred`). ``None`` when none of these gives one.
+      activation_source: where ``activation`` came from: ``"layer"`` (an activation
+        site), ``"declared"``, ``"inferred"``, or ``None`` without an activation.
       shape: the output's shape.
       mean: ``mean(y)`` over every element (examples, positions, features).
       var: ``mean((y - mean)**2)``, as ``std**2``: below std ~1e-19 it underflows to 0 in
@@ -76,6 +81,7 @@ class ActivationRecord:
     grad_rms: Any
     embedding: bool = dataclasses.field(default=False, metadata={"static": True})
     normalized_by: str | None = dataclasses.field(default=None, metadata={"static": True})
+    activation_source: str | None = dataclasses.field(default=None, metadata={"static": True})
 
 
 def l2_norm(x: jax.Array) -> jax.Array:
@@ -127,16 +133,20 @@ def site_row(
     declared: probe.Nonlinearity | None,
     level: float,
     normed: jax.Array | None = None,
+    source: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The static and numeric fields of the :class:`ActivationRecord` of output ``y``.
 
     ``delta`` is dLoss/dy, or ``None``. ``normed`` is the output of the norm layer that
-    takes ``y``, the pre-activation the declared nonlinearity is applied to, or ``None``.
+    takes ``y``, the pre-activation the nonlinearity ``declared`` (of a linear site,
+    whichever its ``source``) is applied to, or ``None``.
     """
     y = y.astype(jnp.float32)
     mean = jnp.mean(y)
     std = l2_norm(y - mean) / jnp.sqrt(jnp.float32(y.size))
     nl = site.nonlinearity if site.kind == "activation" else declared
+    if site.kind == "activation":
+        source = "layer"
     pre = y if normed is None else normed.astype(jnp.float32)
     a = y if site.kind == "activation" or nl is None else nl.fn(pre).astype(jnp.float32)
     dead, saturated = unit_fractions(a, nl, level)
@@ -153,6 +163,7 @@ def site_row(
         "shape": tuple(y.shape),
         "embedding": site.embedding,
         "normalized_by": site.normalized_by,
+        "activation_source": None if nl is None else source,
     }
     numeric = {
         "mean": mean,
@@ -170,18 +181,34 @@ def activation_records(capture: probe.Capture, level: float) -> records.Packed:
     """The records of every site of a :class:`~flaxinit.diagnostics.probe.Capture`, packed.
 
     Call inside a trace; :func:`~flaxinit.diagnostics.records.unpack` gives the
-    :class:`ActivationRecord` s in execution order. The declared activation applies to
-    every linear site except the last one, through the norm layer that takes it if any.
+    :class:`ActivationRecord` s in execution order. A linear site's nonlinearity is
+    none when an activation layer takes it, else the declared one (every linear site but
+    the last), else the inferred one; it is applied through the norm layer that takes
+    the site if any.
     """
     linear = [k for k, s in enumerate(capture.sites) if s.kind == "linear"]
     last_linear = linear[-1] if linear else -1
     rows, depth = [], 0
     for k, (site, y) in enumerate(zip(capture.sites, capture.outputs, strict=True)):
         depth += site.kind == "linear"
-        declared = capture.declared if k != last_linear else None
+        nl, source = linear_nonlinearity(capture, k, last_linear)
         delta = None if capture.deltas is None else capture.deltas[k]
-        rows.append(site_row(site, k, depth, y, delta, declared, level, capture.normed[k]))
+        rows.append(site_row(site, k, depth, y, delta, nl, level, capture.normed[k], source))
     return records.pack(ActivationRecord, rows)
+
+
+def linear_nonlinearity(
+    capture: probe.Capture, k: int, last_linear: int
+) -> tuple[probe.Nonlinearity | None, str | None]:
+    """The nonlinearity applied to linear site ``k`` and its source, by precedence: an
+    activation layer takes it (then none here), declared, inferred."""
+    site = capture.sites[k]
+    if site.kind != "linear" or site.activation_layer is not None:
+        return None, None
+    if capture.declared is not None and k != last_linear:
+        return capture.declared, "declared"
+    found = capture.inferred[k] if k < len(capture.inferred) else None
+    return (found, "inferred") if found is not None else (None, None)
 
 
 @jax.jit(static_argnums=(0, 1, 2))
@@ -221,10 +248,12 @@ def activation_stats(
         is scored on the one whose shape fits the labels; when none or several fit,
         pass ``loss_fn`` (see :func:`~flaxinit.diagnostics.probe.predictions`).
       variables: the Linen variables (``model.init(...)``); ``None`` for NNX.
-      activation: the nonlinearity that follows each linear layer, for models that call it
-        as a bare function. It is applied to every linear output except the last; where
-        a norm layer takes a linear output (``Dense -> LayerNorm -> relu``), to the
-        norm's output (see :attr:`ActivationRecord.normalized_by`).
+      activation: the nonlinearity that follows each linear layer, declared. It is
+        applied to every linear output except the last (and those an activation layer
+        takes); where a norm layer takes a linear output (``Dense -> LayerNorm ->
+        relu``), to the norm's output (see :attr:`ActivationRecord.normalized_by`).
+        Without it, each linear output gets the nonlinearity read from the model's jaxpr,
+        where one is applied to it alone (``activation_source="inferred"``).
       loss_fn: ``loss_fn(outputs, labels) -> scalar`` replacing the default.
       saturation_level: see :attr:`ActivationRecord.saturated_fraction`.
       call_kwargs: extra keyword arguments of the call, e.g. ``{"train": False}``.
@@ -234,13 +263,17 @@ def activation_stats(
       A tuple of :class:`ActivationRecord`, in execution order.
 
     Example:
-      >>> from flaxinit.diagnostics import MLP, activation_stats
-      >>> model = MLP(depth=2, width=8, activation="relu")
+      >>> from flaxinit.diagnostics import activation_stats
+      >>> from flaxinit.models import MLP
+      >>> model = MLP(features=(8, 8), activation="tanh")
       >>> x = jnp.ones((4, 3))
       >>> variables = model.init(jax.random.key(0), x)
-      >>> [(r.path, r.kind) for r in activation_stats(model, x, variables=variables)]
-      [('Dense_0', 'linear'), ('Activation_0', 'activation'), ('Dense_1', 'linear'), ('Activation_1', 'activation'), ('Dense_2', 'linear')]
-    """  # noqa: E501
+      >>> for r in activation_stats(model, x, variables=variables):
+      ...     print(r.path, r.kind, r.activation, r.activation_source)
+      hidden_0 linear tanh inferred
+      hidden_1 linear tanh inferred
+      head linear None None
+    """
     spec, dynamic = probe.prepare(
         model, variables, activation=activation, loss_fn=loss_fn, call_kwargs=call_kwargs
     )
@@ -268,12 +301,13 @@ def activation_values(
     jitted. The outputs are the arrays themselves, so they can be large.
 
     Example:
-      >>> from flaxinit.diagnostics import MLP, activation_values
-      >>> model = MLP(depth=1, width=8)
+      >>> from flaxinit.diagnostics import activation_values
+      >>> from flaxinit.models import MLP
+      >>> model = MLP(features=(8,))
       >>> x = jnp.ones((4, 3))
       >>> values = activation_values(model, x, variables=model.init(jax.random.key(0), x))
       >>> {k: v.shape for k, v in values.items()}
-      {'Dense_0': (4, 8), 'Activation_0': (4, 8), 'Dense_1': (4, 10)}
+      {'hidden_0': (4, 8), 'head': (4, 10)}
     """
     spec, dynamic = probe.prepare(model, variables, call_kwargs=call_kwargs)
     outputs = _values_pass(spec, dynamic, x)

@@ -52,9 +52,6 @@ from flax import nnx
 
 import flaxinit as fi
 from flaxinit.diagnostics import (
-    CNN,
-    GPT,
-    MLP,
     HealthReport,
     Thresholds,
     activation_values,
@@ -66,6 +63,7 @@ from flaxinit.diagnostics import (
     plot_depth_profiles,
 )
 from flaxinit.diagnostics.probe import blas_single_threaded
+from flaxinit.models import GPT, MLP, ConvNet
 from flaxinit.tables import format_table
 
 Batch = tuple[Any, Any]
@@ -139,7 +137,9 @@ class Case:
 # nnx.State of the whole model.
 Scheme = Callable[[Case, jax.Array], Any]
 
-_BUILTIN = (MLP, CNN, GPT)
+# The built-in models: the zoo's, with bare nonlinearities (the probe reads them from the
+# jaxpr) and a kernel_init attribute a scheme sets.
+_BUILTIN = (MLP, ConvNet, GPT)
 
 
 def redraw_kernels(case: Case, init: fi.Initializer, key: jax.Array) -> Any:
@@ -169,7 +169,7 @@ def redraw_kernels(case: Case, init: fi.Initializer, key: jax.Array) -> Any:
 def from_initializer(init: fi.Initializer) -> Scheme:
     """A scheme that re-initializes the model's kernels with ``init``.
 
-    A built-in model (:class:`~flaxinit.diagnostics.MLP`, ``CNN``, ``GPT``) is
+    A built-in model (:class:`flaxinit.models.MLP`, ``ConvNet``, ``GPT``) is
     initialized afresh with ``kernel_init=init`` (biases zero), so Flax hands the
     initializer the shapes it expects (attention kernels flattened to 2-D). Any other
     model keeps its own initialization except the kernels, re-drawn by
@@ -177,11 +177,11 @@ def from_initializer(init: fi.Initializer) -> Scheme:
 
     Example:
       >>> from flaxinit.diagnostics.doctor import Case, from_initializer
-      >>> from flaxinit.diagnostics import MLP
-      >>> model, x = MLP(depth=1, width=4), jnp.ones((2, 3))
+      >>> from flaxinit.models import MLP
+      >>> model, x = MLP(features=(4,)), jnp.ones((2, 3))
       >>> case = Case(model, model.init(jax.random.key(0), x), x)
       >>> variables = from_initializer(zeros)(case, jax.random.key(0))
-      >>> float(abs(variables["params"]["Dense_0"]["kernel"]).max())
+      >>> float(abs(variables["params"]["hidden_0"]["kernel"]).max())
       0.0
     """
 
@@ -319,7 +319,14 @@ def build(
         tokens = digit_tokens(batch, seed=seed)
         x, y = tokens[:, :-1], tokens[:, 1:]
         heads = 4 if width % 4 == 0 else 1
-        model = GPT(depth=depth, width=width, num_heads=heads, activation=activation)
+        model = GPT(
+            vocab_size=17,
+            max_len=x.shape[1],
+            d_model=width,
+            num_layers=depth,
+            num_heads=heads,
+            activation=activation,
+        )
         what = (
             f"a {depth}-block GPT (width {width}, {heads} heads, {activation}) predicting the "
             f"next pixel of {batch} scikit-learn digits (63 tokens each, 17 intensities)"
@@ -328,9 +335,9 @@ def build(
     x, y = digits(batch, seed=seed)
     data = f"{batch} scikit-learn digits (8x8 pixels, standardized; 10 classes)"
     if kind == "cnn":
-        model = CNN(depth=depth, width=width, activation=activation)
+        model = ConvNet((width,) * depth, 10, activation)
         return model, (x, y), f"a {depth}-layer {activation} CNN ({width} channels) on {data}"
-    model = MLP(depth=depth, width=width, activation=activation)
+    model = MLP((width,) * depth, 10, activation=activation)
     return model, (x, y), f"a {depth}-layer {activation} MLP (width {width}) on {data}"
 
 
@@ -558,7 +565,7 @@ def model_outputs(
 
 def _activation_of(model: Any, declared: Any, own: HealthReport | None) -> Any:
     """The nonlinearity for gains: declared, else the model's ``activation`` attribute,
-    else the one its Activation layers use most."""
+    else the one its records name most (activation layers, or inferred from the jaxpr)."""
     if declared is not None:
         return declared
     attr = getattr(model, "activation", None)
@@ -588,8 +595,8 @@ def doctor(
     ``own_init``, the model's own initialization, then every scheme in
     :data:`SCHEMES`). Then :func:`flaxinit.health_report` measures, per linear layer,
     the forward signal (output std) and the backward signal (gradient RMS) on the
-    batch, and turns them into findings. On a model other than the built-in MLP, CNN
-    and GPT, a scheme re-draws the kernels of the linear layers only (by role, on their
+    batch, and turns them into findings. On a model other than the built-in MLP,
+    ConvNet and GPT, a scheme re-draws the kernels of the linear layers only (by role, on their
     true fan axes; :func:`redraw_kernels`): biases, norms, embeddings and buffers stay
     as the model initializes them.
 
@@ -606,8 +613,8 @@ def doctor(
         model with collections besides ``params`` (``batch_stats``) is called with
         them mutable, so ``train=True`` works; its updates are discarded.
       key: the key of the initializations (default ``jax.random.key(0)``).
-      activation: the nonlinearity, for models that call it as a bare function
-        (``nn.relu(x)``) where the diagnostics cannot see it; see
+      activation: the nonlinearity, declared: applied to every linear output but the
+        last, before the one the diagnostics read from the model's jaxpr; see
         :func:`flaxinit.health_report`. It also sets the orthogonal scheme's gain.
       thresholds: the findings' :class:`~flaxinit.Thresholds`.
 
@@ -698,7 +705,7 @@ def doctor(
     has_own = scheme_is(schemes.get("own_init"), own_init)
     need_gain = any(scheme_is(s, orthogonal_with_gain) for s in schemes.values())
     if has_own or (need_gain and _activation_of(model, activation, None) is None):
-        own_report = evaluate(own)  # its Activation layers tell the orthogonal gain
+        own_report = evaluate(own)  # its records name the nonlinearity for the gain
     act = _activation_of(model, activation, own_report)
     case = Case(model, own, x, labels, kwargs, act)
     variables: dict[str, Any] = {}
@@ -739,7 +746,9 @@ def _act_name(act: Any) -> str:
 
 
 def _histogram_samples(report: DoctorReport, name: str, x: Any) -> dict[str, np.ndarray]:
-    """The first, middle and last activation layers' outputs (linear ones if none)."""
+    """The first, middle and last activation layers' outputs; without activation layers,
+    those of the linear layers with the nonlinearity their record names applied (declared
+    or inferred; through no norm), else the linear outputs themselves."""
     health = report.reports[name]
     sites = [r for r in health.activations if r.kind == "activation"] or list(health.profile)
     chosen = list(dict.fromkeys([sites[0], sites[len(sites) // 2], sites[-1]]))
@@ -748,7 +757,13 @@ def _histogram_samples(report: DoctorReport, name: str, x: Any) -> dict[str, np.
     else:
         model, variables = report.model, report.variables[name]
     values = activation_values(model, x, variables=variables, call_kwargs=report.call_kwargs)
-    return {f"layer {r.depth} ({r.path})": np.asarray(values[r.path]) for r in chosen}
+    samples = {}
+    for r in chosen:
+        value, label = values[r.path], f"layer {r.depth} ({r.path})"
+        if r.kind == "linear" and r.activation is not None and r.normalized_by is None:
+            value, label = nonlinearity(r.activation).fn(value), f"{label[:-1]}, {r.activation})"
+        samples[label] = np.asarray(value)
+    return samples
 
 
 def write_plots(
@@ -780,7 +795,7 @@ def load_model(spec: str) -> Any:
 
     Example:
       >>> from flaxinit.diagnostics.doctor import load_model
-      >>> type(load_model("flaxinit.diagnostics:MLP")).__name__
+      >>> type(load_model("flaxinit.models:MLP")).__name__
       'MLP'
     """
     module_name, sep, name = spec.partition(":")
@@ -1040,8 +1055,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--activation",
         help="a jax.nn name: relu, tanh, gelu, ... (built-in: its nonlinearity, relu; gpt "
-        "gelu. MODULE:NAME: the one it calls as a bare function, which the diagnostics "
-        "cannot see otherwise)",
+        "gelu. MODULE:NAME: declared for every linear layer but the last, before the "
+        "one read from the model's computation)",
     )
     p.add_argument(
         "--batch",

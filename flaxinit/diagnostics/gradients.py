@@ -98,12 +98,13 @@ def gradient_stats(
       A tuple of :class:`GradientRecord`, ordered by when each leaf's module first ran.
 
     Example:
-      >>> from flaxinit.diagnostics import MLP, gradient_stats
-      >>> model = MLP(depth=1, width=8)
+      >>> from flaxinit.diagnostics import gradient_stats
+      >>> from flaxinit.models import MLP
+      >>> model = MLP(features=(8,))
       >>> x, y = jnp.ones((4, 3)), jnp.array([0, 1, 2, 3])
       >>> variables = model.init(jax.random.key(0), x)
       >>> [r.path for r in gradient_stats(model, x, y, variables=variables)]
-      ['Dense_0/bias', 'Dense_0/kernel', 'Dense_1/bias', 'Dense_1/kernel']
+      ['hidden_0/bias', 'hidden_0/kernel', 'head/bias', 'head/kernel']
     """
     spec, dynamic = probe.prepare(model, variables, loss_fn=loss_fn, call_kwargs=call_kwargs)
     if not probe.has_loss(probe.unwrap(spec), labels):

@@ -65,10 +65,11 @@ def plot_depth_profiles(
 
     Example:
       >>> import tempfile, pathlib
-      >>> from flaxinit.diagnostics import MLP, digits, health_report
+      >>> from flaxinit.diagnostics import digits, health_report
       >>> from flaxinit.diagnostics.plots import plot_depth_profiles
+      >>> from flaxinit.models import MLP
       >>> x, y = digits(64)
-      >>> model = MLP(depth=3, width=16)
+      >>> model = MLP(features=(16,) * 3)
       >>> report = health_report(model, x, y, variables=model.init(jax.random.key(0), x))
       >>> with tempfile.TemporaryDirectory() as d:
       ...     png = plot_depth_profiles({"lecun_normal": report}, pathlib.Path(d) / "depth.png")

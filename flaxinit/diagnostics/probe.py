@@ -9,13 +9,17 @@ Every diagnostic is computed from one traced run of the model (:func:`run`), ins
   ``LinearGeneral``, ``Conv``, ``ConvTranspose``, ``Einsum``, ``Embed``, subclasses
   included.
 * ``"activation"``: the output of an :class:`Activation` (Linen) or :class:`NNXActivation`
-  (NNX) layer. These wrap a nonlinearity so that it can be seen. A bare ``jax.nn.relu(x)``
-  call in a model's ``__call__`` is an ordinary function call and cannot be observed. For
-  such models, declare the nonlinearity with the ``activation=`` argument of the
-  diagnostics. It is then applied to every linear output except the last, which is right
-  for plain MLP and CNN stacks. It is wrong inside attention blocks and where a residual
-  is added before the nonlinearity (``relu(x + Dense(h))``), so wrap the nonlinearity
-  there instead.
+  (NNX) layer, which wraps a nonlinearity.
+
+A bare ``jax.nn.relu(x)`` call in a model's ``__call__`` is an ordinary function call
+that no module sees. The probe reads it from the model's jaxpr instead
+(:mod:`flaxinit.diagnostics.inferred`): each linear output gets the nonlinearity the
+model applies to it, when one is applied to it alone (not to a residual sum, not inside
+attention). A linear output's nonlinearity comes, in this order, from an activation
+layer that takes it (recorded at that layer's own site), the ``activation=`` argument of
+the diagnostics (applied to every linear output except the last: right for plain MLP and
+CNN stacks, wrong inside attention blocks and where a residual is added before the
+nonlinearity), or the jaxpr; the records say which (``activation_source``).
 
 A normalization layer between a linear layer and its nonlinearity (``Dense -> LayerNorm
 -> relu``, ``Conv -> BatchNorm -> relu``): the nonlinearity sees the norm's output, not
@@ -61,23 +65,13 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from flaxinit import inspection
+from flaxinit import activations, inspection
+from flaxinit.diagnostics import inferred
 
 # Re-exported: the activation layers live with the selection they belong to.
 from flaxinit.inspection import Activation as Activation
 from flaxinit.inspection import NNXActivation as NNXActivation
 from flaxinit.rules import paths
-
-# Nonlinearities whose output is exactly 0 on half the line: a unit can die.
-RECTIFIERS = frozenset({"relu", "relu6"})
-# Bounded nonlinearities and their output range: a unit can saturate at either end.
-SATURATING: Mapping[str, tuple[float, float]] = {
-    "tanh": (-1.0, 1.0),
-    "hard_tanh": (-1.0, 1.0),
-    "soft_sign": (-1.0, 1.0),
-    "sigmoid": (0.0, 1.0),
-    "hard_sigmoid": (0.0, 1.0),
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,8 +96,9 @@ class Nonlinearity:
 def nonlinearity(fn: str | Callable[[jax.Array], jax.Array]) -> Nonlinearity:
     """Classifies a nonlinearity given as a function or as a ``jax.nn`` / ``jax.numpy`` name.
 
-    Classification is by name: ``functools.partial`` objects are unwrapped, and unknown
-    names get family ``None``.
+    Classification is by name, in :mod:`flaxinit.activations` (aliases such as
+    ``"swish"`` give the canonical name): ``functools.partial`` objects are unwrapped, and
+    unknown names get family ``None``.
 
     Example:
       >>> from flaxinit.diagnostics import nonlinearity
@@ -111,11 +106,14 @@ def nonlinearity(fn: str | Callable[[jax.Array], jax.Array]) -> Nonlinearity:
       ('rectifier', (-1.0, 1.0))
     """
     if isinstance(fn, str):
-        name = fn
-        found = getattr(jax.nn, name, None) or getattr(jnp, name, None)
-        if not callable(found):
-            raise ValueError(f"nonlinearity: no jax.nn or jax.numpy function named {name!r}")
-        fn = found
+        try:
+            found = activations.function(fn)
+        except ValueError:
+            raise ValueError(
+                f"nonlinearity: no jax.nn or jax.numpy function named {fn!r}"
+            ) from None
+        info = activations.lookup(fn)
+        name, fn = (fn if info is None else info.name), found
     elif callable(fn):
         inner = fn
         while isinstance(inner, functools.partial):
@@ -123,11 +121,10 @@ def nonlinearity(fn: str | Callable[[jax.Array], jax.Array]) -> Nonlinearity:
         name = getattr(inner, "__name__", type(inner).__name__)
     else:
         raise TypeError(f"nonlinearity: expected a function or a name, got {fn!r}")
-    if name in RECTIFIERS:
-        return Nonlinearity(name, fn, "rectifier")
-    if name in SATURATING:
-        return Nonlinearity(name, fn, "saturating", SATURATING[name])
-    return Nonlinearity(name, fn, None)
+    info = activations.lookup(name)
+    if info is None:
+        return Nonlinearity(name, fn, None)
+    return Nonlinearity(info.name, fn, info.family, info.bounds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +132,9 @@ class Site:
     """One recorded layer output: the module's path, its kind, its class and nonlinearity.
 
     ``normalized_by`` is the path of the norm layer called on this (linear) output, whose
-    output is then the pre-activation; ``None`` when there is none.
+    output is then the pre-activation; ``None`` when there is none. ``activation_layer``
+    is the path of the :class:`Activation` / :class:`NNXActivation` layer called on this
+    linear output (or on its norm's output), ``None`` when there is none.
     """
 
     path: str
@@ -144,6 +143,7 @@ class Site:
     nonlinearity: Nonlinearity | None
     embedding: bool = False
     normalized_by: str | None = None
+    activation_layer: str | None = None
 
 
 def _site(module: Any, path: str) -> Site | None:
@@ -168,8 +168,11 @@ def _probed(module: Any, path: str) -> bool:
 class _Recorder:
     """The callback on the tap: a trace-time log of sites and their outputs."""
 
-    def __init__(self, perturbations: Sequence[jax.Array] | None):
+    def __init__(self, perturbations: Sequence[jax.Array] | None, mark: bool = False):
         self.perturbations = perturbations
+        # mark: pass each linear output (and norm output taken from one) through a named
+        # identity, so that inferred.inferred_nonlinearities finds it in the jaxpr.
+        self.mark = mark
         self.sites: list[Site] = []
         self.outputs: list[jax.Array] = []
         # normed[k]: the output of the norm layer called on linear output k, or None.
@@ -182,7 +185,7 @@ class _Recorder:
         module, path, out = call.module, call.site.path, call.output
         if call.site.kind == "norm":
             if not call.site.transformed:
-                self._norm(path, call.args, call.kwargs, out)
+                out = self._norm(path, call.args, call.kwargs, out)
             return out, None
         site = _site(module, path)
         if site is None or not isinstance(out, jax.Array):
@@ -199,6 +202,12 @@ class _Recorder:
         if self.perturbations is not None:
             # A zero added here: its gradient is dLoss/d(output) of this site.
             out = out + self.perturbations[len(self.outputs)]
+        if site.kind == "activation":
+            fed = self._fed(call.args, call.kwargs)
+            if fed is not None and self.sites[fed].activation_layer is None:
+                self.sites[fed] = dataclasses.replace(self.sites[fed], activation_layer=path)
+        elif self.mark:
+            out = inferred.marker(inferred.SITE, len(self.outputs))(out)
         self.sites.append(site)
         self.outputs.append(out)
         self.normed.append(None)
@@ -206,19 +215,28 @@ class _Recorder:
             self._feeds[id(out)] = (out, len(self.outputs) - 1)
         return out, None
 
-    def _norm(self, path: str, args, kwargs, out: Any) -> None:
-        """Records a norm layer's output as the pre-activation of the linear output it
-        takes, when it takes one (the very array, or a norm output taken from one)."""
+    def _fed(self, args, kwargs) -> int | None:
+        """The linear site whose output (or norm output taken from it) is the call's input."""
         x = args[0] if args else kwargs.get("x", kwargs.get("inputs"))
         fed = self._feeds.get(id(x))
-        if fed is None or fed[0] is not x or not isinstance(out, jax.Array):
-            return
-        k = fed[1]
+        return None if fed is None or fed[0] is not x else fed[1]
+
+    def _norm(self, path: str, args, kwargs, out: Any) -> Any:
+        """Records a norm layer's output as the pre-activation of the linear output it
+        takes, when it takes one (the very array, or a norm output taken from one).
+        Returns the output, marked when marking."""
+        k = self._fed(args, kwargs)
+        if k is None or not isinstance(out, jax.Array):
+            return out
+        x = args[0] if args else kwargs.get("x", kwargs.get("inputs"))
         if self.normed[k] is not None and x is self.outputs[k]:
-            return  # a second norm on the same linear output: the first one is kept
+            return out  # a second norm on the same linear output: the first one is kept
+        if self.mark:
+            out = inferred.marker(inferred.NORM, k)(out)
         self.normed[k] = out
         self.sites[k] = dataclasses.replace(self.sites[k], normalized_by=path)
         self._feeds[id(out)] = (out, k)
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -404,7 +422,8 @@ class Capture:
     ``deltas[k]`` is dLoss/d(outputs[k]); ``grads`` is dLoss/d(params). Both are ``None``
     without a loss. ``modules`` lists module paths in first-call order. ``normed[k]`` is
     the output of the norm layer called on linear output ``k`` (its pre-activation), or
-    ``None``.
+    ``None``. ``inferred[k]`` is the nonlinearity the model's jaxpr applies to site
+    ``k``'s pre-activation (see :mod:`flaxinit.diagnostics.inferred`), or ``None``.
     """
 
     sites: tuple[Site, ...]
@@ -415,6 +434,7 @@ class Capture:
     grads: Any
     modules: tuple[str, ...]
     declared: Nonlinearity | None
+    inferred: tuple[Nonlinearity | None, ...] = ()
 
 
 def has_loss(spec: Spec, labels: Any) -> bool:
@@ -431,6 +451,7 @@ def run(spec: Hashable, dynamic: Any, x: Any, labels: Any = None, *, gradients: 
     """
     spec = unwrap(spec)
     params = params_of(spec, dynamic)
+    shapes, found = _marked_trace(spec, dynamic, params, x)
     if not gradients:
         rec = _Recorder(None)
         _forward(spec, dynamic, params, x, rec)
@@ -443,9 +464,9 @@ def run(spec: Hashable, dynamic: Any, x: Any, labels: Any = None, *, gradients: 
             None,
             tuple(rec.modules),
             spec.activation,
+            found,
         )
     loss_fn = spec.loss_fn or default_loss
-    shapes = jax.eval_shape(lambda p: _recorded_outputs(spec, dynamic, p, x), params)
     zeros = [jnp.zeros(s.shape, s.dtype) for s in shapes]
     recs: list[_Recorder] = []
 
@@ -468,13 +489,32 @@ def run(spec: Hashable, dynamic: Any, x: Any, labels: Any = None, *, gradients: 
         grads,
         tuple(rec.modules),
         spec.activation,
+        found,
     )
 
 
-def _recorded_outputs(spec: Spec, dynamic: Any, params: Any, x: Any) -> list[jax.Array]:
-    rec = _Recorder(None)
-    _forward(spec, dynamic, params, x, rec)
-    return rec.outputs
+def _marked_trace(
+    spec: Spec, dynamic: Any, params: Any, x: Any
+) -> tuple[list[jax.ShapeDtypeStruct], tuple[Nonlinearity | None, ...]]:
+    """One abstract trace of the forward pass with every linear output marked: the
+    outputs' shapes, and per site the nonlinearity read from the jaxpr.
+
+    Runs once per trace of the caller (the probe's passes are jitted, so once per
+    compilation); it compiles nothing and costs nothing per call.
+    """
+    rec = _Recorder(None, mark=True)
+    shapes: list[jax.ShapeDtypeStruct] = []
+
+    def forward(dynamic, params, x):
+        out = _forward(spec, dynamic, params, x, rec)
+        # Shapes only: returning the outputs themselves would make every site an output
+        # of the jaxpr, which the walk reads as "used elsewhere".
+        shapes.extend(jax.ShapeDtypeStruct(o.shape, o.dtype) for o in rec.outputs)
+        return out
+
+    closed = jax.make_jaxpr(forward)(dynamic, params, x)
+    found = inferred.inferred_nonlinearities(closed, len(rec.sites))
+    return shapes, tuple(None if fn is None else nonlinearity(fn) for fn in found)
 
 
 def blas_single_threaded() -> contextlib.AbstractContextManager:

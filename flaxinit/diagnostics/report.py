@@ -10,6 +10,7 @@ from typing import Any
 
 import jax
 
+from flaxinit import activations as activations_table
 from flaxinit.diagnostics import probe, records
 from flaxinit.diagnostics.activations import ActivationRecord, activation_records
 from flaxinit.diagnostics.gradients import GradientRecord, gradient_records
@@ -119,11 +120,8 @@ def _ranges(numbers: Iterable[int]) -> str:
 
 
 def _family(name: str | None) -> str | None:
-    if name in probe.RECTIFIERS:
-        return "rectifier"
-    if name in probe.SATURATING:
-        return "saturating"
-    return None
+    info = None if name is None else activations_table.lookup(name)
+    return None if info is None else info.family
 
 
 def _target_gain(name: str | None) -> tuple[float, str]:
@@ -586,9 +584,10 @@ def health_report(
     get the right ``std * sqrt(fan_in)``.
 
     Example:
-      >>> from flaxinit.diagnostics import MLP, digits, health_report
+      >>> from flaxinit.diagnostics import digits, health_report
+      >>> from flaxinit.models import MLP
       >>> x, y = digits(256)
-      >>> model = MLP(depth=20, width=64, kernel_init=glorot_uniform())
+      >>> model = MLP(features=(64,) * 20, kernel_init=glorot_uniform())
       >>> report = health_report(model, x, y, variables=model.init(jax.random.key(0), x))
       >>> report.status, sorted(report.codes)
       ('error', ['vanishing_activations', 'vanishing_gradients'])

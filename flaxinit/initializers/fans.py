@@ -6,6 +6,7 @@ import math
 import numbers
 from collections.abc import Sequence
 
+from flaxinit import activations
 from flaxinit.initializers._core import AxisSpec, check_shape, normalize_axes
 
 
@@ -82,8 +83,9 @@ _UNIT_GAIN = (
     "conv_transpose1d",
     "conv_transpose2d",
     "conv_transpose3d",
-    "sigmoid",
 )
+# The nonlinearities' gains (sigmoid, tanh, relu, selu; leaky_relu's depends on its slope)
+# are in flaxinit.activations, the one table of nonlinearities.
 
 
 def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
@@ -120,10 +122,10 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
         raise ValueError(f"calculate_gain: nonlinearity must be a string, got {nonlinearity!r}")
     if nonlinearity in _UNIT_GAIN:
         return 1.0
-    if nonlinearity == "tanh":
-        return 5.0 / 3
-    if nonlinearity == "relu":
-        return math.sqrt(2.0)
+    info = activations.lookup(nonlinearity)
+    # Canonical names only: PyTorch's table has no aliases.
+    if info is not None and info.name == nonlinearity and info.gain is not None:
+        return info.gain
     if nonlinearity == "leaky_relu":
         if param is None:
             slope = 0.01
@@ -136,9 +138,8 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
             if not math.isfinite(slope):
                 raise ValueError(f"calculate_gain: negative_slope param={param!r} is not finite")
         return math.sqrt(2.0 / (1 + slope**2))
-    if nonlinearity == "selu":
-        return 3.0 / 4
+    gains = [a.name for a in activations.ACTIVATIONS if a.gain is not None]
     raise ValueError(
         f"calculate_gain: unsupported nonlinearity {nonlinearity!r}; known: "
-        f"{', '.join((*_UNIT_GAIN, 'tanh', 'relu', 'leaky_relu', 'selu'))}"
+        f"{', '.join((*_UNIT_GAIN, *gains, 'leaky_relu'))}"
     )

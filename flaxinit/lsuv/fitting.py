@@ -37,6 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from flaxinit import activations
+
 # Status codes carried through jit as int32 and decoded in the report.
 OK, NOT_CONVERGED, ZERO_VARIANCE, INFEASIBLE, NON_FINITE = 0, 1, 2, 3, 4
 STATUS_NAMES = {
@@ -403,27 +405,23 @@ def rescaled_output(
     return y.astype(dtype)
 
 
-# Supremum of the output variance of bounded activations: ((hi - lo) / 2)^2.
-_BOUNDED = {
-    "sigmoid": 0.25,
-    "tanh": 1.0,
-    "hard_tanh": 1.0,
-    "hard_sigmoid": 0.25,
-    "soft_sign": 1.0,
-    "softsign": 1.0,
-}
-
-
 def activation_variance_bound(activation: Callable | None, bounds=None) -> float:
     """The largest output variance ``activation`` can produce (``inf`` if unbounded).
 
-    Known bounded activations are recognised by name (``jax.nn.sigmoid``,
-    ``jnp.tanh``, ``nn.hard_tanh``, ...); ``bounds=(lo, hi)`` states it for others.
+    Known bounded activations are recognised by name in :mod:`flaxinit.activations`
+    (``jax.nn.sigmoid``, ``jnp.tanh``, ``nn.hard_tanh``, ``soft_sign``, ...): the
+    variance of a ``(lo, hi)``-bounded output is at most ``((hi - lo) / 2) ** 2``.
+    ``bounds=(lo, hi)`` states it for others.
+
+    Example:
+      >>> import jax
+      >>> activation_variance_bound(jax.nn.sigmoid), activation_variance_bound(jax.nn.relu)
+      (0.25, inf)
     """
     if bounds is not None:
         lo, hi = bounds
         return ((float(hi) - float(lo)) / 2) ** 2
     if activation is None:
         return float("inf")
-    name = getattr(activation, "__name__", "")
-    return _BOUNDED.get(name, float("inf"))
+    info = activations.lookup(getattr(activation, "__name__", ""))
+    return float("inf") if info is None else info.variance_bound

@@ -3,11 +3,15 @@
 Compact definitions written with stock Flax modules, named the way the recipes in
 :mod:`flaxinit.recipes` expect by default. Every family has a Linen class and an NNX
 class (``NNX`` prefix) with the same parameter names; small by default, configurable.
+Nonlinearities are bare function calls (``nn.relu(x)``), as in most Flax code: the
+diagnostics read them from the model's jaxpr (:mod:`flaxinit.diagnostics.inferred`).
 
 =====================  ==========================  =========================================
 Linen                  NNX                         what
 =====================  ==========================  =========================================
 ``MLP``                ``NNXMLP``                  ``hidden_i`` / ``hidden/i``, ``head``
+``ConvNet``            ``NNXConvNet``              ``conv_i`` / ``conv/i`` (3x3 SAME),
+                                                   ``head``
 ``ResNet``             ``NNXResNet``               basic blocks; ``norm``, ``gate`` = none,
                                                    rezero (``alpha``), fixup
 ``GPT``                ``NNXGPT``                  decoder; ``scan`` stacks the blocks
@@ -19,6 +23,7 @@ Linen                  NNX                         what
 =====================  ==========================  =========================================
 """
 
+from flaxinit.models.convnet import ConvNet, NNXConvNet
 from flaxinit.models.dcgan import Discriminator, Generator, NNXDiscriminator, NNXGenerator
 from flaxinit.models.gpt import GPT, NNXGPT, Block, NNXBlock
 from flaxinit.models.lstm import LSTMClassifier, NNXLSTMClassifier
@@ -32,10 +37,12 @@ __all__ = [
     "NNXGPT",
     "NNXMLP",
     "Block",
+    "ConvNet",
     "Discriminator",
     "Generator",
     "LSTMClassifier",
     "NNXBlock",
+    "NNXConvNet",
     "NNXDiscriminator",
     "NNXGenerator",
     "NNXLSTMClassifier",

@@ -7,7 +7,8 @@ Stock modules only, named the way the transformer recipes expect by default:
 * per block ``ln1`` (``LayerNorm``), ``attn`` (``nn.MultiHeadDotProductAttention``/
   ``nnx.MultiHeadAttention``: ``query``/``key``/``value`` kernels ``(d, heads, head_dim)``,
   ``out`` kernel ``(heads, head_dim, d)``), ``ln2``, ``mlp`` with ``fc1`` ``(d, 4d)`` and
-  ``fc2`` ``(4d, d)`` (``Dense``/``Linear``, GELU between);
+  ``fc2`` ``(4d, d)`` (``Dense``/``Linear``, a bare nonlinearity between, GELU by
+  default);
 * a final ``ln_f`` and an untied ``head`` ``(d, vocab)``.
 
 Blocks are ``blocks_0 ... blocks_{L-1}`` in Linen and ``blocks/0 ...`` (an ``nnx.List``)
@@ -20,10 +21,21 @@ the values of unrolled layer ``i``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from flaxinit import activations
+from flaxinit.models.mlp import LINEN_KERNEL_INIT, NNX_KERNEL_INIT
+
+# The attention layers' own default kernel initializers, kept when kernel_init is None.
+_LINEN_ATTENTION_INIT = nn.linear.default_kernel_init
+_NNX_ATTENTION_INIT = nnx.nn.linear.default_kernel_init
+
+Activation = str | Callable[[jax.Array], jax.Array]
 
 __all__ = ["GPT", "NNXGPT", "Block", "NNXBlock"]
 
@@ -36,36 +48,57 @@ class Block(nn.Module):
     """A pre-norm transformer block: ``x + attn(ln1(x))``, then ``x + mlp(ln2(x))``.
 
     Called as ``block(x, mask)`` and returns ``(x, None)``, the ``nn.scan`` body contract.
+    ``kernel_init`` (``None``: each layer's Flax default) goes to the attention
+    projections and the MLP.
     """
 
     num_heads: int = 2
     mlp_ratio: int = 4
+    activation: Activation = "gelu"
+    kernel_init: Callable | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> tuple[jax.Array, None]:
         d = x.shape[-1]
         h = nn.LayerNorm(name="ln1")(x)
-        x = x + nn.MultiHeadDotProductAttention(self.num_heads, name="attn")(h, h, mask=mask)
+        attention = nn.MultiHeadDotProductAttention(
+            self.num_heads, kernel_init=self.kernel_init or _LINEN_ATTENTION_INIT, name="attn"
+        )
+        x = x + attention(h, h, mask=mask)
         h = nn.LayerNorm(name="ln2")(x)
-        h = MlpBlock(self.mlp_ratio * d, name="mlp")(h)
+        h = MlpBlock(self.mlp_ratio * d, self.activation, self.kernel_init, name="mlp")(h)
         return x + h, None
 
 
 class MlpBlock(nn.Module):
-    """``fc2(gelu(fc1(x)))``."""
+    """``fc2(activation(fc1(x)))``, GELU by default."""
 
     hidden: int
+    activation: Activation = "gelu"
+    kernel_init: Callable | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = nn.gelu(nn.Dense(self.hidden, name="fc1")(x))
-        return nn.Dense(x.shape[-1], name="fc2")(h)
+        init = self.kernel_init or LINEN_KERNEL_INIT
+        h = nn.Dense(self.hidden, kernel_init=init, name="fc1")(x)
+        h = activations.function(self.activation)(h)
+        return nn.Dense(x.shape[-1], kernel_init=init, name="fc2")(h)
 
 
-def run_blocks(x, mask, num_layers: int, num_heads: int, mlp_ratio: int, scan: bool):
+def run_blocks(
+    x,
+    mask,
+    num_layers: int,
+    num_heads: int,
+    mlp_ratio: int,
+    scan: bool,
+    activation: Activation = "gelu",
+    kernel_init: Callable | None = None,
+):
     r"""``num_layers`` Linen :class:`Block`\ s, stacked by ``nn.scan`` as ``blocks`` or
     unrolled as ``blocks_0 ...``; call from a compact method (the blocks are its
     submodules)."""
+    args = (num_heads, mlp_ratio, activation, kernel_init)
     if scan:
         stack = nn.scan(
             Block,
@@ -74,10 +107,10 @@ def run_blocks(x, mask, num_layers: int, num_heads: int, mlp_ratio: int, scan: b
             in_axes=nn.broadcast,
             length=num_layers,
         )
-        x, _ = stack(num_heads, mlp_ratio, name="blocks")(x, mask)
+        x, _ = stack(*args, name="blocks")(x, mask)
         return x
     for i in range(num_layers):
-        x, _ = Block(num_heads, mlp_ratio, name=f"blocks_{i}")(x, mask)
+        x, _ = Block(*args, name=f"blocks_{i}")(x, mask)
     return x
 
 
@@ -92,6 +125,10 @@ class GPT(nn.Module):
       num_heads: attention heads.
       scan: stack the blocks with ``nn.scan`` (one ``blocks`` module with a leading
         layer axis) instead of ``blocks_0 ... blocks_{L-1}``.
+      activation: the MLPs' nonlinearity, a function or a name of
+        :mod:`flaxinit.activations`, called as a bare function.
+      kernel_init: the kernel initializer of every attention projection, MLP layer and
+        the head; ``None``: each layer's Flax default. Embeddings keep theirs.
 
     Example:
       >>> from flaxinit.models import GPT
@@ -108,6 +145,8 @@ class GPT(nn.Module):
     num_heads: int = 2
     mlp_ratio: int = 4
     scan: bool = False
+    activation: Activation = "gelu"
+    kernel_init: Callable | None = None
 
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
@@ -115,30 +154,65 @@ class GPT(nn.Module):
         x = nn.Embed(self.vocab_size, self.d_model, name="wte")(tokens)
         x = x + nn.Embed(self.max_len, self.d_model, name="wpe")(jnp.arange(length))
         mask = _causal_mask(length)
-        x = run_blocks(x, mask, self.num_layers, self.num_heads, self.mlp_ratio, self.scan)
+        x = run_blocks(
+            x,
+            mask,
+            self.num_layers,
+            self.num_heads,
+            self.mlp_ratio,
+            self.scan,
+            self.activation,
+            self.kernel_init,
+        )
         x = nn.LayerNorm(name="ln_f")(x)
-        return nn.Dense(self.vocab_size, name="head")(x)
+        init = self.kernel_init or LINEN_KERNEL_INIT
+        return nn.Dense(self.vocab_size, kernel_init=init, name="head")(x)
 
 
 class NNXMlpBlock(nnx.Module):
-    """``fc2(gelu(fc1(x)))`` (NNX)."""
+    """``fc2(activation(fc1(x)))`` (NNX), GELU by default."""
 
-    def __init__(self, d_model: int, hidden: int, *, rngs: nnx.Rngs):
-        self.fc1 = nnx.Linear(d_model, hidden, rngs=rngs)
-        self.fc2 = nnx.Linear(hidden, d_model, rngs=rngs)
+    def __init__(
+        self,
+        d_model: int,
+        hidden: int,
+        activation: Activation = "gelu",
+        kernel_init: Callable | None = None,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        init = kernel_init or NNX_KERNEL_INIT
+        self.fc1 = nnx.Linear(d_model, hidden, kernel_init=init, rngs=rngs)
+        self.fc2 = nnx.Linear(hidden, d_model, kernel_init=init, rngs=rngs)
+        self.activation = activation
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.fc2(nnx.gelu(self.fc1(x)))
+        return self.fc2(activations.function(self.activation)(self.fc1(x)))
 
 
 class NNXBlock(nnx.Module):
     """The pre-norm transformer block of :class:`Block`, in NNX."""
 
-    def __init__(self, d_model: int, num_heads: int, mlp_ratio: int = 4, *, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        mlp_ratio: int = 4,
+        activation: Activation = "gelu",
+        kernel_init: Callable | None = None,
+        *,
+        rngs: nnx.Rngs,
+    ):
         self.ln1 = nnx.LayerNorm(d_model, rngs=rngs)
-        self.attn = nnx.MultiHeadAttention(num_heads, d_model, decode=False, rngs=rngs)
+        self.attn = nnx.MultiHeadAttention(
+            num_heads,
+            d_model,
+            kernel_init=kernel_init or _NNX_ATTENTION_INIT,
+            decode=False,
+            rngs=rngs,
+        )
         self.ln2 = nnx.LayerNorm(d_model, rngs=rngs)
-        self.mlp = NNXMlpBlock(d_model, mlp_ratio * d_model, rngs=rngs)
+        self.mlp = NNXMlpBlock(d_model, mlp_ratio * d_model, activation, kernel_init, rngs=rngs)
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         h = self.ln1(x)
@@ -191,19 +265,23 @@ class NNXGPT(nnx.Module):
         num_heads: int = 2,
         mlp_ratio: int = 4,
         scan: bool = False,
+        activation: Activation = "gelu",
+        kernel_init: Callable | None = None,
         *,
         rngs: nnx.Rngs,
     ):
         self.scan = scan
         self.wte = nnx.Embed(vocab_size, d_model, rngs=rngs)
         self.wpe = nnx.Embed(max_len, d_model, rngs=rngs)
-        make = lambda r: NNXBlock(d_model, num_heads, mlp_ratio, rngs=r)
+        make = lambda r: NNXBlock(d_model, num_heads, mlp_ratio, activation, kernel_init, rngs=r)
         if scan:
             self.blocks = nnx_stack(make, num_layers, rngs)
         else:
             self.blocks = nnx.List([make(rngs) for _ in range(num_layers)])
         self.ln_f = nnx.LayerNorm(d_model, rngs=rngs)
-        self.head = nnx.Linear(d_model, vocab_size, rngs=rngs)
+        self.head = nnx.Linear(
+            d_model, vocab_size, kernel_init=kernel_init or NNX_KERNEL_INIT, rngs=rngs
+        )
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
         length = tokens.shape[-1]
