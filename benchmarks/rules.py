@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from flaxinit.initializers import normal
 from flaxinit.rules import apply_rules, explain_rules, fill, scale
-from flaxinit.rules.engine import make_plan
+from flaxinit.rules.planning import make_plan
 
 # --------------------------------------------------------------------------- model
 

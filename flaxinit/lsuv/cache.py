@@ -12,7 +12,7 @@ An entry is keyed on everything that decides what its program computes, by value
   activation, pre-init, selection, call keyword arguments, ...).
 
 Functions are keyed by their code, defaults, captured values and the globals they
-read, as the rules engine keys its programs (:func:`flaxinit.rules.engine._fingerprint`):
+read, as the rules engine keys its programs (:func:`flaxinit.rules.program.fingerprint`):
 a ``lambda`` rebuilt on each call is the same program, a changed captured value a new
 one. A value compared by identity (a plain object, an array) could change between
 calls without changing its key, so it makes the call uncached (compiled anew, as
@@ -38,7 +38,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from flaxinit.rules.engine import _global_names
+from flaxinit.rules.program import global_names
 
 __all__ = ["cache_info", "clear_cache"]
 
@@ -207,7 +207,7 @@ def _reads(fn: types.FunctionType, depth: int, memo: dict) -> tuple:
     """The globals ``fn``'s code reads; a global function, class or module by
     identity (rebinding the name gives a new object), as the rules engine does."""
     out = []
-    for name in sorted(_global_names(fn.__code__)):
+    for name in sorted(global_names(fn.__code__)):
         if name not in fn.__globals__:
             continue
         value = fn.__globals__[name]

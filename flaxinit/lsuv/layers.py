@@ -16,7 +16,7 @@ from flaxinit.initializers import orthogonal
 from flaxinit.initializers.orthogonal import orthogonal_matrix
 from flaxinit.lsuv.cache import COUNTS, MAX_ENTRIES, PRE_INIT_PROGRAMS
 from flaxinit.rules.actions import vmap_matches_loop
-from flaxinit.rules.engine import stable_hash
+from flaxinit.rules.keys import stable_hash
 from flaxinit.rules.patterns import compile_pattern
 
 

@@ -241,7 +241,7 @@ def _fan_axes(info: LeafInfo, structure_leaf: Any) -> tuple[tuple[int, ...], tup
     ndim = len(info.shape)
     if ndim < 2:
         return (), tuple(range(ndim)), None
-    return (ndim - 2,), (ndim - 1,), info.stacked_axis
+    return (ndim - 2,), (ndim - 1,), info.layer_axis
 
 
 def _kind(ndim: int, inf: set[int], fan_in: Sequence[int], fan_out: Sequence[int]) -> str:

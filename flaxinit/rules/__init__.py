@@ -74,9 +74,10 @@ Rules
 leaf applies, in list order, each to the result of the previous one (re-draw then
 scale composes); ``explain_rules`` shows the chain. With ``strict=True`` (the
 default) a rule that matches no leaf raises ``ValueError`` naming the pattern and
-the closest existing paths. Actions: an initializer or ``reinit(init, ...)``,
-``scale``, ``fill``, ``at``, ``per_layer``, or any callable ``(key, leaf, ctx)``;
-see :mod:`flaxinit.rules.actions`.
+the closest existing paths. Actions: an initializer ``(key, shape, dtype)`` or
+``reinit(init, ...)``, ``scale``, ``fill``, ``at``, ``per_layer``, or your own
+function ``(key, leaf, ctx)`` wrapped in ``action(fn)``; see
+:mod:`flaxinit.rules.actions`.
 
 Model structure
 ---------------
@@ -91,39 +92,46 @@ or ends in ``block(s)``/``layer(s)`` (``layers_3``, ``h_3``, ``block_3``,
 ``Block_3``, ``encoderblock_3``), or a number right after such a name
 (``blocks/3``). Linen auto-names like ``Dense_0`` are not depths. A stacked leaf
 (``nn.scan``/``nnx.vmap`` with partition name ``'layers'``, or a rule wrapped in
-``per_layer``) is processed per slice with ``ctx.layer = i`` and gets, slice by
+``per_layer``) is processed per slice with ``ctx.layer = i`` (and
+``ctx.is_layer_slice``) and gets, slice by
 slice, exactly the values the same rules give the unrolled model
 (``layers/...`` stacked vs ``layers_i/...``, ``blocks/...`` vs ``blocks/i/...``).
 
 Keys
 ----
 Each leaf's key is ``fold_in(key, crc32(path))`` (with the layer index folded in
-separately, see :mod:`flaxinit.rules.engine`), so values depend on the key and the
+separately, see :mod:`flaxinit.rules.keys`), so values depend on the key and the
 path only, never on other leaves or the tree's order, jitted or not.
+
+Modules
+-------
+``actions`` (what a rule does, ``RuleContext``), ``patterns`` (the glob language),
+``paths`` (trees to path records and back), ``matching`` (rules compiled and matched),
+``options`` (``context``/``num_layers``/``layer_of``), ``planning`` (per-leaf plans and
+layer contexts), ``keys`` (the one key derivation), ``layout`` (where results are
+produced), ``program`` (the compiled array work and its cache), ``engine``
+(``apply_rules``), ``report`` (``explain_rules``), ``suggest`` (closest paths for
+errors), ``optax_labels`` and ``pretrained``.
 """
 
 from flaxinit.rules.actions import (
     Action,
     RuleContext,
+    action,
     at,
     fill,
     per_layer,
     reinit,
     scale,
 )
-from flaxinit.rules.engine import (
-    LeafReport,
-    RulesReport,
-    UnmatchedRule,
-    apply_rules,
-    apply_rules_,
-    explain_rules,
-    stable_hash,
-)
+from flaxinit.rules.engine import apply_rules, apply_rules_
+from flaxinit.rules.keys import stable_hash
+from flaxinit.rules.matching import UnmatchedRule
 from flaxinit.rules.optax_labels import rule_labels, rule_mask
 from flaxinit.rules.paths import layer_index, tree_paths
 from flaxinit.rules.patterns import Pattern, compile_pattern
 from flaxinit.rules.pretrained import MergeRecord, MergeReport, merge_pretrained
+from flaxinit.rules.report import LeafReport, RulesReport, explain_rules
 
 __all__ = [
     "Action",
@@ -134,6 +142,7 @@ __all__ = [
     "RuleContext",
     "RulesReport",
     "UnmatchedRule",
+    "action",
     "apply_rules",
     "apply_rules_",
     "at",

@@ -1,16 +1,26 @@
 """Rule actions: what a rule does to the leaves its pattern matches.
 
-An action is called as ``action(key, leaf, ctx) -> new_leaf`` with the leaf's
-per-rule key, the unboxed array and a :class:`RuleContext`. The built-in actions
-are small frozen dataclasses with readable ``repr``s (shown by ``explain_rules``):
+An action is an :class:`Action`: called as ``action(key, leaf, ctx) -> new_leaf`` with
+the leaf's per-rule key, the unboxed array and a :class:`RuleContext`. The built-in
+actions are small frozen dataclasses with readable ``repr``s (shown by
+``explain_rules``):
 
 * ``reinit(init, in_axis=..., out_axis=..., batch_axis=...)``: re-draw the leaf;
-  a bare initializer ``(key, shape, dtype)`` as an action means ``reinit(init)``.
-* ``scale(factor)``: multiply by a number or by ``factor(ctx)``.
-* ``fill(value)``: set every element to ``value`` (or ``value(ctx)``).
-* ``at[index](action)`` / ``at(index, action)``: act on a slice of the leaf.
-* ``per_layer(action, axis=0)``: run the action per slice of a stacked leaf.
-* any callable ``(key, leaf, ctx) -> leaf``.
+* ``scale(factor)``: multiply by a number or by ``factor(ctx)``;
+* ``fill(value)``: set every element to ``value`` (or ``value(ctx)``);
+* ``at[index](action)`` / ``at(index, action)``: act on a slice of the leaf;
+* ``per_layer(action, axis=0)``: run the action per slice of a stacked leaf;
+* ``action(fn)``: your own function ``fn(key, leaf, ctx) -> leaf``.
+
+What a rule's value may be (:func:`to_action`), recognised by type, never by the names
+of a function's parameters: an :class:`Action` instance is used as is; any other
+callable is an initializer ``(key, shape, dtype) -> array`` (``jax.nn.initializers``,
+``flaxinit.initializers``, ``functools.partial(jax.random.normal)``, ``lambda k, s, d:
+...``) and means ``reinit(init)``. Its signature must take three positional arguments;
+one that cannot is a ``TypeError`` when the rule is built.
+
+Stacking is the action's own property (:meth:`Action.layer_plan`): by default an action
+runs layer by layer along a leaf's ``'layers'`` axis; ``per_layer`` names the axis.
 """
 
 from __future__ import annotations
@@ -28,12 +38,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flaxinit._deprecation import warn_renamed
 from flaxinit.initializers import compute_fans
 from flaxinit.initializers._core import check_axis_spec
+from flaxinit.rules.options import warn_from_caller
+from flaxinit.rules.paths import LeafInfo
 
 __all__ = [
     "Action",
     "RuleContext",
+    "action",
     "at",
     "fill",
     "per_layer",
@@ -72,7 +86,8 @@ class RuleContext:
       num_layers: ``context['num_layers']`` when given; else the stack's length for
         a stacked leaf; else ``1 + max index`` of the leaf's own stack
         (``params/layers_*``); else the largest such count in the tree; else None.
-      stacked: whether the action runs on one slice of a stacked leaf.
+      is_layer_slice: whether the action runs on one layer's slice of a stacked leaf
+        (``stacked`` before; the old name warns).
       extra: the user's ``context`` entries.
       role: with ``structure=``, the leaf's role (see :mod:`flaxinit.structure`),
         else None.
@@ -93,7 +108,7 @@ class RuleContext:
     fan_out: int | None
     layer: int | None
     num_layers: int | None
-    stacked: bool = False
+    is_layer_slice: bool = False
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)
     role: str | None = None
     fan_in_axes: tuple[int, ...] | None = None
@@ -110,6 +125,25 @@ class RuleContext:
             **fields,
             **_fans(shape, fields.get("fan_in_axes"), fields.get("fan_out_axes")),
         )
+
+    @property
+    def stacked(self) -> bool:
+        """Deprecated name of :attr:`is_layer_slice`."""
+        warn_renamed("RuleContext.stacked", "RuleContext.is_layer_slice")
+        return self.is_layer_slice
+
+    @classmethod
+    def reserved_names(cls) -> frozenset[str]:
+        """The names a ``context`` entry may not take: the fields, methods and
+        properties of the context, which an entry of that name would be hidden by.
+
+        Example:
+          >>> {"layer", "replace", "stacked"} <= RuleContext.reserved_names()
+          True
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        names |= {n for n in dir(cls) if not n.startswith("_")}
+        return frozenset(names)
 
     @property
     def structural_axes(self) -> tuple[Any, Any, Any] | None:
@@ -260,20 +294,33 @@ def vmap_matches_loop(keys: Any) -> bool:
 
 
 class Action:
-    """Base class of the built-in actions.
+    """The protocol of a rule's action; every action is an instance of a subclass.
 
-    ``overwrites`` says the action replaces the whole leaf (a re-draw, a fill): an
-    earlier rule's scale on the same leaf is then lost, which ``explain_rules`` flags.
-
-    ``__call__(key, leaf, ctx)`` acts on one (unstacked) leaf. ``call_stacked(keys,
-    leaf, ctxs)`` acts on a stacked leaf whose layer axis is 0, with one key and one
-    context per layer; the default loops over slices at trace time (so callables
-    get concrete ``ctx.layer`` ints) and stacks the results, and subclasses
-    vectorize where the result does not depend on the layer.
+    * ``__call__(key, leaf, ctx)`` acts on one (unstacked) leaf and returns an array
+      of the leaf's shape and dtype.
+    * ``call_stacked(keys, leaf, ctxs)`` acts on a stacked leaf whose layer axis is 0,
+      with one key and one context per layer; the default loops over slices at trace
+      time (so callables get concrete ``ctx.layer`` ints) and stacks the results, and
+      subclasses vectorize where the result does not depend on the layer.
+    * :meth:`layer_plan` says along which axis of a leaf the action runs layer by
+      layer (through ``call_stacked``), and which action runs there.
+    * ``needs_key``: the action draws random values (it gets a key).
+    * ``overwrites``: the action replaces the whole leaf (a re-draw, a fill): an
+      earlier rule's scale on the same leaf is then lost, which ``explain_rules`` flags.
+    * ``assumes_layer_axis``: the action slices leaves along an axis nobody declared
+      (``per_layer`` without ``axis=``), so the engine first checks that the leaf is a
+      stack of layers.
     """
 
     needs_key: bool = False
     overwrites: bool = False
+    assumes_layer_axis: bool = False
+
+    def layer_plan(self, info: LeafInfo) -> tuple[int | None, Action]:
+        """The axis of ``info``'s leaf to run along layer by layer (None: the whole
+        leaf at once), and the action to run. By default the leaf's own ``'layers'``
+        axis (:attr:`LeafInfo.layer_axis`) and this action."""
+        return info.layer_axis, self
 
     def __call__(self, key: Any, leaf: jax.Array, ctx: RuleContext) -> jax.Array:
         raise NotImplementedError
@@ -395,6 +442,8 @@ def reinit(
       >>> from flaxinit.initializers import he_normal, lecun_normal
       >>> rules = [("Conv_*/kernel", reinit(he_normal())),
       ...          ("attn/query/kernel", reinit(lecun_normal(), in_axis=0, out_axis=(1, 2)))]
+      >>> rules[1][1]
+      reinit(lecun_normal(), in_axis=0, out_axis=(1, 2))
     """
     if not callable(init):
         raise TypeError(f"reinit: init must be an initializer (a callable), got {init!r}")
@@ -464,6 +513,9 @@ def scale(factor: float | Callable[[RuleContext], Any]) -> Action:
       >>> import math
       >>> rules = [("*/attn/out/kernel",
       ...           scale(lambda ctx: 1 / math.sqrt(2 * ctx.num_layers)))]
+      >>> from flaxinit.rules import apply_rules
+      >>> apply_rules({"w": jax.numpy.ones(2)}, [("w", scale(0.5))])["w"].tolist()
+      [0.5, 0.5]
     """
     if callable(factor):
         return Scale(factor)
@@ -519,6 +571,9 @@ def fill(value: Any) -> Action:
 
     Example:
       >>> rules = [("*/hf/bias", fill(1.0)), ("block_*/norm2/scale", fill(0.0))]
+      >>> from flaxinit.rules import apply_rules
+      >>> apply_rules({"b": jax.numpy.zeros(3)}, [("b", fill([1.0, 2.0, 3.0]))])["b"].tolist()
+      [1.0, 2.0, 3.0]
     """
     if not callable(value):
         try:
@@ -624,6 +679,10 @@ class _AtFactory:
       >>> forget = lambda ctx: (..., slice(ctx.shape[-1] // 4, ctx.shape[-1] // 2))
       >>> rules = [("*/dense_h/bias", at(forget, fill(1.0))),
       ...          ("*/dense_h/bias", at[..., 8:16](fill(1.0)))]
+      >>> from flaxinit.rules import apply_rules
+      >>> cell = {"dense_h": {"bias": jax.numpy.zeros(8)}}
+      >>> apply_rules(cell, rules[:1])["dense_h"]["bias"].tolist()
+      [0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
     """
 
     def __call__(self, index: Any, action: Any) -> Action:
@@ -661,6 +720,15 @@ class PerLayer(Action):
         suffix = "" if self.axis == 0 else f", axis={self.axis}"
         return f"per_layer({self.action!r}{suffix})"
 
+    @property
+    def assumes_layer_axis(self) -> bool:  # type: ignore[override]
+        return not self.explicit
+
+    def layer_plan(self, info: LeafInfo) -> tuple[int | None, Action]:
+        # A leaf whose path names its layer (`layers_3/...`) is one layer already,
+        # so one rule list serves the stacked and the unrolled layout.
+        return (None if info.layer is not None else self.axis), self.action
+
     def __call__(self, key: Any, leaf: jax.Array, ctx: RuleContext) -> jax.Array:
         return self.action(key, leaf, ctx)
 
@@ -689,6 +757,11 @@ def per_layer(action: Any, axis: int | None = _DEFAULT_AXIS) -> Action:
     Example:
       >>> from flaxinit.initializers import normal
       >>> rules = [("/params/layers/**/kernel", per_layer(reinit(normal(0.02))))]
+      >>> from flaxinit.rules import apply_rules
+      >>> stack = {"blocks": {"b": jax.numpy.zeros((3, 2))}}  # 3 layers
+      >>> layer = per_layer(fill(lambda ctx: ctx.layer), axis=0)
+      >>> apply_rules(stack, [("b", layer)])["blocks"]["b"].tolist()
+      [[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]]
     """
     explicit = axis is not _DEFAULT_AXIS
     if not explicit:
@@ -700,7 +773,7 @@ def per_layer(action: Any, axis: int | None = _DEFAULT_AXIS) -> Action:
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class Call(Action):
-    """A user callable ``(key, leaf, ctx) -> leaf`` as an action."""
+    """A user function ``(key, leaf, ctx) -> leaf`` as an action; see :func:`action`."""
 
     fn: Callable[[Any, jax.Array, RuleContext], Any]
     needs_key = True
@@ -712,33 +785,92 @@ class Call(Action):
         return self.fn(key, leaf, ctx)
 
 
-def _is_initializer(fn: Any) -> bool:
+def _check_signature(fn: Any, args: tuple[Any, ...], what: str) -> None:
+    """Raises ``TypeError`` if ``fn`` cannot be called with ``len(args)`` positional
+    arguments; a signature Python cannot read (some builtins) is taken on trust."""
     try:
-        sig = inspect.signature(fn)
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(*args)
+    except TypeError as e:
+        raise TypeError(f"{describe(fn)}{signature} cannot be called as {what}: {e}") from None
+
+
+def action(fn: Callable[[Any, jax.Array, RuleContext], Any]) -> Action:
+    """Your own action: ``fn(key, leaf, ctx) -> new_leaf``, with the rule's key (None
+    without ``key=``), the unboxed leaf and its :class:`RuleContext`. The result must
+    have the leaf's shape and dtype. Usable as a decorator.
+
+    Raises:
+      TypeError: ``fn`` is not callable or cannot take three positional arguments.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from flaxinit.rules import apply_rules
+      >>> @action
+      ... def halve(key, leaf, ctx):
+      ...     return leaf / 2
+      >>> apply_rules({"w": jnp.ones(2)}, [("w", halve)])["w"].tolist()
+      [0.5, 0.5]
+    """
+    if isinstance(fn, Action):
+        return fn
+    if not callable(fn):
+        raise TypeError(f"action: fn must be a function (key, leaf, ctx) -> leaf, got {fn!r}")
+    _check_signature(fn, (None, None, None), "an action (key, leaf, ctx)")
+    return Call(fn)
+
+
+def _reads_as_action(fn: Any) -> bool:
+    """Whether ``fn``'s parameters are spelled as the documented action ``(key, leaf,
+    ctx)`` (its second named ``leaf`` or its third ``ctx``): such a plain function was
+    run as an action before :func:`action` existed, and still is, with a warning."""
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
         return False
-    positional = [
-        p
-        for p in sig.parameters.values()
-        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    ]
-    return len(positional) >= 2 and positional[1].name == "shape"
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    names = [p.name for p in parameters if p.kind in kinds]
+    return len(names) >= 3 and (names[1] == "leaf" or names[2] == "ctx")
 
 
 def to_action(obj: Any) -> Action:
-    """Turns a rule's right-hand side into an :class:`Action`.
+    """Turns a rule's value into an :class:`Action`.
 
-    An :class:`Action` is kept; an initializer (a callable whose second parameter
-    is named ``shape``, as in ``jax.nn.initializers`` and ``flaxinit.initializers``)
-    becomes ``reinit(obj)``; any other callable is called as ``(key, leaf, ctx)``.
-    """
+    An :class:`Action` is kept. Any other callable is an initializer ``(key, shape,
+    dtype) -> array`` and becomes ``reinit(obj)``; it must accept three positional
+    arguments. Wrap your own ``(key, leaf, ctx)`` function in :func:`action`. For one
+    release a plain function whose parameters read ``(key, leaf, ctx)`` (the second
+    named ``leaf`` or the third ``ctx``) is still taken as an action, with a
+    ``DeprecationWarning``.
+
+    Raises:
+      TypeError: ``obj`` is not callable, or cannot take ``(key, shape, dtype)``.
+
+    Example:
+      >>> to_action(lambda k, s, d: jax.numpy.zeros(s, d))
+      reinit(<lambda>)
+      >>> to_action(fill(0.0))
+      fill(0.0)
+      >>> to_action(lambda key, shape: 0)
+      Traceback (most recent call last):
+      ...
+      TypeError: <lambda>(key, shape) cannot be called as an initializer (key, shape, dtype): too many positional arguments
+    """  # noqa: E501
     if isinstance(obj, Action):
         return obj
     if not callable(obj):
         raise TypeError(
-            "an action must be an initializer, a flaxinit.rules action "
-            f"(reinit/scale/fill/at/per_layer) or a callable (key, leaf, ctx), got {obj!r}"
+            "an action must be a flaxinit.rules action (reinit/scale/fill/at/per_layer/"
+            f"action(fn)) or an initializer (key, shape, dtype), got {obj!r}"
         )
-    if _is_initializer(obj):
-        return Reinit(obj)
-    return Call(obj)
+    if _reads_as_action(obj):
+        warn_from_caller(
+            f"a plain function {describe(obj)}(key, leaf, ctx) as a rule's action",
+            f"flaxinit.rules.action({describe(obj)})",
+        )
+        return Call(obj)
+    _check_signature(obj, (None, None, None), "an initializer (key, shape, dtype)")
+    return Reinit(obj)

@@ -14,7 +14,7 @@ from typing import Any
 
 from flax import nnx
 
-from flaxinit.rules.engine import (
+from flaxinit.rules.matching import (
     compile_rules,
     match_rules,
     raise_unmatched,
@@ -83,6 +83,8 @@ def rule_labels(
       >>> import jax, optax, flax.linen as nn
       >>> params = nn.Dense(4).init(jax.random.key(0), jax.numpy.ones((1, 3)))
       >>> labels = rule_labels(params, [("bias", "no_decay")], default="decay")
+      >>> labels["params"]
+      {'bias': 'no_decay', 'kernel': 'decay'}
       >>> tx = optax.multi_transform(
       ...     {"decay": optax.adamw(1e-3), "no_decay": optax.adam(1e-3)}, labels)
     """
@@ -123,6 +125,8 @@ def rule_mask(
     Example:
       >>> import jax, optax, flax.linen as nn
       >>> params = nn.Dense(4).init(jax.random.key(0), jax.numpy.ones((1, 3)))
+      >>> rule_mask(params, ["kernel"])["params"]
+      {'bias': False, 'kernel': True}
       >>> tx = optax.adamw(1e-3, mask=rule_mask(params, ["kernel"]))
     """
     _check_tree(tree, "rule_mask")

@@ -22,6 +22,8 @@ import numpy as np
 from flax import nnx
 from flax.core import meta
 
+from flaxinit._deprecation import warn_renamed
+
 __all__ = ["FlatTree", "LeafInfo", "flatten_tree", "layer_index", "tree_paths"]
 
 SEP = "/"
@@ -155,8 +157,9 @@ class LeafInfo:
       layer: the layer index read from the path (:func:`layer_index`), or None.
       layer_group: the stack the index belongs to (path prefix without index).
       canonical: the path with the layer index removed (equals ``path`` if none).
-      stacked_axis: the axis named ``'layers'`` in the leaf's partition metadata
-        (``nn.scan``/``nnx.vmap`` with ``PARTITION_NAME='layers'``), or None.
+      layer_axis: the axis named ``'layers'`` in the leaf's partition metadata
+        (``nn.scan``/``nnx.vmap`` with ``PARTITION_NAME='layers'``), or None
+        (``stacked_axis`` before; the old name warns).
       wrapper: the wrapper's type name (``'LogicallyPartitioned'``, ``'Param'``) or
         None for a bare array.
     """
@@ -167,8 +170,14 @@ class LeafInfo:
     layer: int | None
     layer_group: str | None
     canonical: str
-    stacked_axis: int | None
+    layer_axis: int | None
     wrapper: str | None
+
+    @property
+    def stacked_axis(self) -> int | None:
+        """Deprecated name of :attr:`layer_axis`."""
+        warn_renamed("LeafInfo.stacked_axis", "LeafInfo.layer_axis")
+        return self.layer_axis
 
 
 @dataclasses.dataclass
@@ -211,7 +220,7 @@ class FlatTree:
         return jax.tree_util.tree_unflatten(self.treedef, outer)
 
 
-def _info(path: str, x: Any, stacked_axis: int | None, wrapper: str | None) -> LeafInfo:
+def _info(path: str, x: Any, layer_axis: int | None, wrapper: str | None) -> LeafInfo:
     parsed = layer_index(path)
     layer, group, canonical = parsed if parsed else (None, None, path)
     return LeafInfo(
@@ -221,7 +230,7 @@ def _info(path: str, x: Any, stacked_axis: int | None, wrapper: str | None) -> L
         layer=layer,
         layer_group=group,
         canonical=canonical,
-        stacked_axis=stacked_axis,
+        layer_axis=layer_axis,
         wrapper=wrapper,
     )
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from flaxinit.rules.engine import compile_rules, match_rules, raise_unmatched, unmatched
+from flaxinit.rules.matching import compile_rules, match_rules, raise_unmatched, unmatched
 from flaxinit.rules.paths import flatten_tree
-from flaxinit.tables import format_table
+from flaxinit.tables import RecordTable, format_table
 
 __all__ = ["MergeRecord", "MergeReport", "merge_pretrained"]
 
@@ -43,23 +43,35 @@ class MergeRecord:
     cast_from: np.dtype | None = None
 
 
-class MergeReport(Sequence[MergeRecord]):
+@dataclasses.dataclass(frozen=True)
+class MergeReport(RecordTable[MergeRecord]):
     """One :class:`MergeRecord` per leaf of the merged tree, plus the lists
     ``loaded``, ``fresh``, ``reinitialized`` and ``unused`` (pretrained paths the
     fresh tree does not have); ``str(report)`` is a table."""
 
-    def __init__(self, records: Sequence[MergeRecord], unused: Sequence[str]) -> None:
-        self.records = tuple(records)
-        self.loaded = tuple(r.path for r in self.records if r.source == PRETRAINED)
-        self.fresh = tuple(r.path for r in self.records if r.source == FRESH)
-        self.reinitialized = tuple(r.path for r in self.records if r.source == REINIT)
-        self.unused = tuple(unused)
+    unused: tuple[str, ...] = ()
 
-    def __getitem__(self, i: Any) -> Any:
-        return self.records[i]
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "unused", tuple(self.unused))
 
-    def __len__(self) -> int:
-        return len(self.records)
+    def _paths(self, source: str) -> tuple[str, ...]:
+        return tuple(r.path for r in self.records if r.source == source)
+
+    @property
+    def loaded(self) -> tuple[str, ...]:
+        """The paths loaded from the pretrained tree."""
+        return self._paths(PRETRAINED)
+
+    @property
+    def fresh(self) -> tuple[str, ...]:
+        """The paths with no pretrained leaf, kept freshly initialized."""
+        return self._paths(FRESH)
+
+    @property
+    def reinitialized(self) -> tuple[str, ...]:
+        """The paths a ``reinit`` pattern kept freshly initialized."""
+        return self._paths(REINIT)
 
     def __repr__(self) -> str:
         return (
@@ -67,21 +79,21 @@ class MergeReport(Sequence[MergeRecord]):
             f"{len(self.reinitialized)} reinitialized, {len(self.unused)} unused)"
         )
 
+    def headers(self) -> list[str]:
+        return ["path", "source", "shape", "pretrained shape"]
+
+    def row(self, record: MergeRecord) -> list[str]:
+        cast = "" if record.cast_from is None else f" (cast from {record.cast_from})"
+        pretrained = "-" if record.pretrained_shape is None else str(record.pretrained_shape)
+        return [record.path, record.source + cast, str(record.shape), pretrained]
+
+    def footer(self) -> list[str]:
+        return ["unused pretrained leaves: " + ", ".join(self.unused)] if self.unused else []
+
     def __str__(self) -> str:
-        rows = [
-            [
-                r.path,
-                r.source + (f" (cast from {r.cast_from})" if r.cast_from is not None else ""),
-                str(r.shape),
-                "-" if r.pretrained_shape is None else str(r.pretrained_shape),
-            ]
-            for r in self.records
-        ]
-        headers = ["path", "source", "shape", "pretrained shape"]
-        lines = [format_table(headers, rows)]
-        if self.unused:
-            lines.append("unused pretrained leaves: " + ", ".join(self.unused))
-        return "\n".join(lines)
+        if not self.records:  # the fresh tree has no leaves: the bare header, as always
+            return "\n".join([format_table(self.headers(), []), *self.footer()])
+        return super().__str__()
 
 
 def merge_pretrained(
@@ -170,4 +182,4 @@ def merge_pretrained(
             "pattern to keep such leaves freshly initialized)"
         )
     unused = [path for path in by_path if path not in fresh_paths]
-    return f.rebuild(arrays), MergeReport(records, unused)
+    return f.rebuild(arrays), MergeReport(tuple(records), tuple(unused))

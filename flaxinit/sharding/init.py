@@ -24,8 +24,10 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from flaxinit.rules.engine import apply_rules, make_plan, raise_unmatched
+from flaxinit.rules.engine import apply_rules
+from flaxinit.rules.matching import raise_unmatched
 from flaxinit.rules.paths import flatten_tree
+from flaxinit.rules.planning import make_plan
 from flaxinit.sharding.program import ShardedInit, auto_mesh
 from flaxinit.sharding.specs import outer_tree, resolve_specs, rule_specs
 

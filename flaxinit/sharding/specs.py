@@ -20,8 +20,9 @@ from flax.linen import spmd as linen_spmd
 from flax.nnx import spmd as nnx_spmd
 from jax.sharding import PartitionSpec as P
 
-from flaxinit.rules.engine import closest_paths, compile_rules, match_rules
+from flaxinit.rules.matching import compile_rules, match_rules
 from flaxinit.rules.paths import FlatTree, flatten_tree
+from flaxinit.rules.suggest import closest_paths
 
 __all__ = ["check_spec", "partition_specs", "resolve_specs"]
 

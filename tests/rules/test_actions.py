@@ -1,5 +1,6 @@
 """Each action's numeric effect, its repr, and its build-time checks."""
 
+import functools
 import math
 import zlib
 
@@ -9,7 +10,17 @@ import numpy as np
 import pytest
 
 from flaxinit.initializers import he_normal, lecun_normal, normal, orthogonal, zeros
-from flaxinit.rules import RuleContext, apply_rules, at, fill, per_layer, reinit, scale
+from flaxinit.rules import (
+    RuleContext,
+    action,
+    apply_rules,
+    at,
+    explain_rules,
+    fill,
+    per_layer,
+    reinit,
+    scale,
+)
 from flaxinit.rules.actions import Call, Reinit, to_action
 
 KEY = jax.random.key(42)
@@ -170,7 +181,7 @@ def test_at_with_reinit_uses_the_slice_shape():
 
 
 def test_at_shape_change_inside_raises():
-    bad = lambda key, leaf, ctx: leaf[:1]
+    bad = action(lambda key, leaf, ctx: leaf[:1])
     with pytest.raises(ValueError, match=r"'w'.*\(3,\) -> \(1,\)"):
         apply_rules({"w": jnp.zeros((2, 3))}, [("w", at[0](bad))])
 
@@ -178,31 +189,67 @@ def test_at_shape_change_inside_raises():
 def test_callable_action_gets_key_leaf_and_context():
     seen = []
 
-    def action(key, leaf, ctx):
+    @action
+    def perturb(key, leaf, ctx):
         seen.append(ctx)
         return leaf + jax.random.normal(key, leaf.shape, leaf.dtype)
 
     tree = {"params": {"layers_0": {"w": jnp.zeros((3, 5))}, "layers_1": {"w": jnp.zeros((3, 5))}}}
-    out = apply_rules(tree, [("layers_1/w", action)], key=KEY, context={"d_model": 5})
+    out = apply_rules(tree, [("layers_1/w", perturb)], key=KEY, context={"d_model": 5})
     (ctx,) = seen
     assert isinstance(ctx, RuleContext)
     assert (ctx.path, ctx.shape, ctx.dtype) == ("params/layers_1/w", (3, 5), np.float32)
     assert (ctx.fan_in, ctx.fan_out, ctx.layer, ctx.num_layers) == (3, 5, 1, 2)
     assert ctx.d_model == 5
     assert ctx["d_model"] == 5
-    assert not ctx.stacked
+    assert not ctx.is_layer_slice
+    with pytest.warns(DeprecationWarning, match="RuleContext.is_layer_slice"):
+        assert ctx.stacked is False
     with pytest.raises(AttributeError, match="d_model"):
         ctx.nope
     assert float(jnp.std(out["params"]["layers_1"]["w"])) > 0.3
     np.testing.assert_array_equal(out["params"]["layers_0"]["w"], 0.0)
 
 
-def test_to_action_classifies_callables():
+def test_to_action_classifies_by_type_not_parameter_names():
     assert isinstance(to_action(normal(0.02)), Reinit)
     assert isinstance(to_action(jax.nn.initializers.zeros), Reinit)
-    assert isinstance(to_action(lambda key, leaf, ctx: leaf), Call)
+    assert isinstance(to_action(action(lambda key, leaf, ctx: leaf)), Call)
     with pytest.raises(TypeError, match="action must be"):
         to_action(3.0)
+    # Any plain callable is an initializer (key, shape, dtype), whatever its names.
+    tree = {"w": jnp.zeros((3, 4))}
+    terse = lambda k, s, d: jax.random.normal(k, s, d)
+    partial = functools.partial(jax.random.normal)
+    want = apply_rules(tree, [("w", reinit(terse))], key=KEY)["w"]
+    assert float(jnp.abs(want).sum()) > 0
+    for init in (terse, partial):
+        assert isinstance(to_action(init), Reinit)
+        np.testing.assert_array_equal(apply_rules(tree, [("w", init)], key=KEY)["w"], want)
+
+
+def test_an_impossible_initializer_signature_fails_when_the_rule_is_built():
+    tree = {"params": {"w": jnp.zeros((3, 4))}}
+    for bad in (lambda key, shape: 0, lambda: 0, lambda k, s, d, *, scale: 0):
+        with pytest.raises(TypeError, match=r"rule 1 \('params/w'\).*\(key, shape, dtype\)"):
+            explain_rules(tree, [("w", fill(0.0)), ("params/w", bad)])
+    with pytest.raises(TypeError, match=r"\(key, leaf, ctx\)"):
+        action(lambda key, leaf: leaf)
+    with pytest.raises(TypeError, match="function"):
+        action(3)
+
+
+def test_a_plain_key_leaf_ctx_function_still_acts_with_a_warning():
+    def double(key, leaf, ctx):
+        return leaf * 2
+
+    tree = {"w": jnp.ones(3)}
+    with pytest.warns(DeprecationWarning, match=r"flaxinit.rules.action\(double\)") as caught:
+        old = apply_rules(tree, [("w", double)])
+    assert caught[0].filename == __file__
+    new = apply_rules(tree, [("w", action(double))])
+    np.testing.assert_array_equal(old["w"], new["w"])
+    np.testing.assert_array_equal(new["w"], 2.0)
     with pytest.raises(TypeError, match="axis"):
         per_layer(fill(0.0), axis="x")
 
@@ -226,17 +273,18 @@ def test_reprs():
     def zero_last(key, leaf, ctx):
         return leaf
 
-    assert repr(to_action(zero_last)) == "zero_last"
+    assert repr(to_action(action(zero_last))) == "zero_last"
 
 
-def test_per_layer_refuses_a_leaf_nothing_says_is_a_stack():
-    tree = {"head": {"kernel": jnp.ones((64, 10)), "bias": jnp.zeros((10,))}}
-    with pytest.raises(ValueError, match=r"'head/kernel' of shape \(64, 10\).*axis=0"):
-        apply_rules(tree, [("head/kernel", per_layer(scale(lambda ctx: ctx.layer)))])
-    # Said outright, it is sliced.
-    out = apply_rules(tree, [("head/kernel", per_layer(scale(lambda ctx: ctx.layer), axis=0))])
-    assert float(out["head"]["kernel"][3, 0]) == 3.0
-    # A scanned module: every leaf of the module shares the stack length.
-    stack = {"blocks": {"fc": {"kernel": jnp.ones((3, 4, 5)), "bias": jnp.ones((3, 5))}}}
-    out = apply_rules(stack, [("fc/*", per_layer(scale(lambda ctx: ctx.layer)))])
-    assert float(out["blocks"]["fc"]["bias"][2, 0]) == 2.0
+def test_at_out_of_range_or_partial_raises_naming_the_leaf():
+    tree = {"b": jnp.zeros((64,))}
+    for index, fragment in [
+        ((Ellipsis, slice(64, 128)), "reaches outside"),
+        (200, "index 200 is outside"),
+        (slice(32, 96), "reaches outside"),
+        (slice(10, 10), "selects nothing"),
+    ]:
+        with pytest.raises(ValueError, match=rf"'b' of shape \(64,\).*{fragment}"):
+            apply_rules(tree, [("b", at(index, fill(1.0)))])
+    out = apply_rules(tree, [("b", at[..., 16:32](fill(1.0)))])
+    assert float(out["b"].sum()) == 16.0

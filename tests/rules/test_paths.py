@@ -20,7 +20,7 @@ def test_linen_paths_with_and_without_params_level():
     assert [p for p, _ in tree_paths(v["params"])] == ["bias", "kernel"]
 
 
-def test_boxes_are_invisible_and_report_stacked_axis():
+def test_boxes_are_invisible_and_report_the_layer_axis():
     class Block(nn.Module):
         @nn.compact
         def __call__(self, x, _):
@@ -45,9 +45,11 @@ def test_boxes_are_invisible_and_report_stacked_axis():
     assert set(by_path) == {"params/layers/fc/bias", "params/layers/fc/kernel"}
     kernel = by_path["params/layers/fc/kernel"]
     assert kernel.wrapper == "LogicallyPartitioned"
-    assert kernel.stacked_axis == 0
+    assert kernel.layer_axis == 0
+    with pytest.warns(DeprecationWarning, match="LeafInfo.layer_axis"):
+        assert kernel.stacked_axis == 0
     assert kernel.shape == (3, 4, 4)
-    assert by_path["params/layers/fc/bias"].stacked_axis is None  # unboxed: unknown
+    assert by_path["params/layers/fc/bias"].layer_axis is None  # unboxed: unknown
     rebuilt = flat.rebuild(flat.arrays)
     assert jax.tree.structure(rebuilt) == jax.tree.structure(v)
 
@@ -82,7 +84,7 @@ def test_nnx_state_and_module_paths_match():
     assert infos[2].layer == 1
 
 
-def test_nnx_vmap_stack_metadata_gives_stacked_axis():
+def test_nnx_vmap_stack_metadata_gives_the_layer_axis():
     @nnx.split_rngs(splits=3)
     @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
     def make(rngs):
@@ -91,8 +93,8 @@ def test_nnx_vmap_stack_metadata_gives_stacked_axis():
     with nnx.use_eager_sharding(False):
         stack = make(nnx.Rngs(0))
     by_path = {i.path: i for i in flatten_tree(stack).infos}
-    assert by_path["kernel"].stacked_axis == 0
-    assert by_path["bias"].stacked_axis is None
+    assert by_path["kernel"].layer_axis == 0
+    assert by_path["bias"].layer_axis is None
 
 
 class Pair(NamedTuple):
