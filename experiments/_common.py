@@ -487,10 +487,10 @@ def draw_kernels(params: Any, init: Callable, key: jax.Array, *, stacked: str = 
     """Every ``kernel`` leaf of ``params`` re-drawn with the initializer ``init``, eagerly.
 
     Leaves under a top-level ``stacked`` entry (an ``nn.scan`` stack) are drawn slice by
-    slice with ``fi.stacked(init)``, as the unrolled layers would be. Each leaf's key is
-    ``fold_in(key, crc32(path))``. Biases and other leaves are kept. (Equivalent to
-    ``fi.apply_rules(params, [("kernel", init)])`` with ``per_layer`` on the stack; done
-    by hand because that call compiles a program per call, which is slow here.)
+    slice with ``fi.initializers.layerwise(init)``, as the unrolled layers would be. Each
+    leaf's key is ``fold_in(key, crc32(path))``. Biases and other leaves are kept.
+    (Equivalent to ``fi.apply_rules(params, [("kernel", init)])`` with ``per_layer`` on the
+    stack; done by hand because that call compiles a program per call, which is slow here.)
     """
     import zlib
 
@@ -500,7 +500,7 @@ def draw_kernels(params: Any, init: Callable, key: jax.Array, *, stacked: str = 
             return leaf
         k = jax.random.fold_in(key, zlib.crc32(path.encode()))
         if path.split("/")[0] == stacked:
-            return fi.stacked(init)(k, leaf.shape, leaf.dtype)
+            return fi.initializers.layerwise(init)(k, leaf.shape, leaf.dtype)
         return init(k, leaf.shape, leaf.dtype)
 
     return jax.tree_util.tree_map_with_path(draw, params)

@@ -81,7 +81,7 @@ def run(config: C.Config) -> C.Result:
     for i, name in enumerate(names):
         rows = slice(i * n, (i + 1) * n)
         final = jax.tree.map(lambda a, i=i: a[i * n], out["params"])  # first seed
-        stats = {r.path: r for r in fi.weight_stats(final)}
+        stats = {r.path: r for r in fi.diagnostics.weight_stats(final)}
         hidden = [p for p in stats if p.startswith(("first", "layers"))]
         numbers["arms"][name] = {
             "loss_curve": out["loss"][rows],
@@ -165,8 +165,8 @@ def run(config: C.Config) -> C.Result:
         notes=(
             f"tanh MLP, {depth} hidden layers of {width} units, on the digits (full batch, "
             "SGD momentum 0.9). All kernels, including the readout's, get the arm's init; "
-            "biases start at 0. Ranks and duplicate units come from flaxinit.weight_stats "
-            "(numerical rank with numpy's tolerance; the stacked layers' matrices are shown "
-            "as one matrix per stack)."
+            "biases start at 0. Ranks and duplicate units come from "
+            "flaxinit.diagnostics.weight_stats (numerical rank with numpy's tolerance; the "
+            "stacked layers' matrices are shown as one matrix per stack)."
         ),
     )

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
 import flaxinit as fi
+import flaxinit.initializers as fii
 
 # One built instance of every initializer, with the smallest rank it accepts.
 # (name, initializer, min_ndim, max_ndim, real_only)
@@ -18,9 +21,15 @@ CATALOGUE = [
     ("normal", fi.normal(0.02), 0, None, False),
     ("normal_mean", fi.normal(0.02, mean=1.0), 0, None, False),
     ("uniform", fi.uniform(0.1), 0, None, True),
-    ("uniform_range", fi.uniform_range(-0.1, 0.1), 0, None, True),
+    ("uniform_between", fi.uniform_between(-0.1, 0.1), 0, None, True),
     ("truncated_normal", fi.truncated_normal(0.02), 0, None, True),
-    ("trunc_normal", fi.trunc_normal(std=0.02, a=-0.04, b=0.04), 0, None, True),
+    (
+        "truncated_normal_between",
+        fi.truncated_normal_between(std=0.02, minval=-0.04, maxval=0.04),
+        0,
+        None,
+        True,
+    ),
     ("variance_scaling", fi.variance_scaling(2.0, "fan_geo_avg", "normal"), 2, None, False),
     ("glorot_uniform", fi.glorot_uniform(), 2, None, False),
     ("glorot_normal", fi.glorot_normal(), 2, None, False),
@@ -37,9 +46,9 @@ CATALOGUE = [
     ("sparse", fi.sparse(sparsity=0.5), 2, None, True),
     ("identity", fi.identity(), 2, 2, False),
     ("dirac", fi.dirac(), 3, None, False),
-    ("scaled", fi.scaled(fi.he_normal(), 0.5), 2, None, False),
-    ("stacked", fi.stacked(fi.orthogonal()), 3, None, False),
-    ("blockwise", fi.blockwise(fi.orthogonal(), 2), 2, None, False),
+    ("scaled", fii.scaled(fi.he_normal(), 0.5), 2, None, False),
+    ("layerwise", fii.layerwise(fi.orthogonal()), 3, None, False),
+    ("blockwise", fii.blockwise(fi.orthogonal(), 2), 2, None, False),
 ]
 
 RANDOM = {
@@ -71,3 +80,21 @@ def assert_ks(samples, cdf, p_min: float = 1e-4):
     x = np.asarray(samples, dtype=np.float64).ravel()
     result = stats.kstest(x, cdf)
     assert result.pvalue > p_min, f"KS p={result.pvalue:.3g} (D={result.statistic:.4g})"
+
+
+# Statistical draws: 524,288 samples from a fixed key.
+DRAW_KEY = jax.random.key(20261122)
+DRAW_SHAPE = (512, 1024)
+
+
+def draw(init, shape=DRAW_SHAPE, dtype=jnp.float32, key=DRAW_KEY):
+    """``init(key, shape, dtype)`` as a float64 NumPy array."""
+    return np.asarray(init(key, shape, dtype)).astype(np.float64)
+
+
+def assert_std(x, expected, *, mean=0.0):
+    """Sample std within the sample-size tolerance (and 1%), and sample mean within 6
+    standard errors (std / sqrt(n)) of ``mean``."""
+    tol = min(sample_tolerance(x.size), 0.01)
+    assert abs(x.std() / expected - 1) < tol, (x.std(), expected, tol)
+    assert abs(x.mean() - mean) < 6 * expected / math.sqrt(x.size), (x.mean(), mean)

@@ -397,6 +397,49 @@ CASES += [
 ]
 
 
+# Issue 18: one argument check (flaxinit._checks), one message naming caller, argument
+# and value, whether the caller is an initializer, a combinator, a recipe or LSUV.
+CASES += [
+    Case(
+        "fi.normal(0.1, 0.0): a mean passed where the dtype goes",
+        lambda: fi.normal(0.1, 0.0),
+        TypeError,
+        "normal: dtype must be a dtype, got dtype=0.0",
+    ),
+    Case(
+        "fi.variance_scaling with an unknown mode",
+        lambda: fi.variance_scaling(1.0, "fan_sum", "normal"),
+        ValueError,
+        "variance_scaling: mode must be one of 'fan_in', 'fan_out', 'fan_avg', 'fan_geo_avg', "
+        "got mode='fan_sum'",
+    ),
+    Case(
+        "blockwise with 0 blocks",
+        lambda: fi.initializers.blockwise(fi.orthogonal(), 0),
+        ValueError,
+        "blockwise: num_blocks must be an int >= 1, got num_blocks=0",
+    ),
+    Case(
+        "gpt2(2.0): a float layer count",
+        lambda: fi.recipes.gpt2(2.0),
+        TypeError,
+        "gpt2: num_layers must be an int, got num_layers=2.0",
+    ),
+    Case(
+        "lstm(fused=1): an int for a flag",
+        lambda: lstm(fused=1),
+        TypeError,
+        "lstm: fused must be a bool, got fused=1",
+    ),
+    Case(
+        "lsuv(tol=0)",
+        lambda: fi.lsuv(nn.Dense(3), None, jnp.ones((4, 4)), key=KEY, tol=0),
+        ValueError,
+        "lsuv: tol must be > 0, got tol=0.0",
+    ),
+]
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.description for c in CASES])
 def test_bad_input_raises_clearly(case):
     with pytest.raises(case.error) as info:

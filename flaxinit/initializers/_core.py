@@ -1,21 +1,26 @@
-"""Shared plumbing for the initializers: the protocol, argument checks, dtypes.
+"""Shared plumbing for the initializers: the protocol, the draw dtype, factory naming.
 
-Every check here runs in Python on static values (shapes, dtypes, numbers given to
-a factory), so it costs nothing inside ``jax.jit`` and fails before tracing.
+The argument checks are :mod:`flaxinit._checks`; :func:`check_dtype` adds the
+initializers' own rule (random draws are floating or complex).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import math
-import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from flaxinit import _checks
+
+# Re-exported for the modules that import them from here (rules.actions, fans).
+check_axis_spec = _checks.check_axes
+check_shape = _checks.check_shape
+normalize_axes = _checks.normalize_axes
 
 Shape = Sequence[int]
 DTypeLike = Any
@@ -54,45 +59,26 @@ def default_dtype() -> np.dtype:
     return np.dtype(jnp.zeros((), dtype=float).dtype)
 
 
-def check_shape(shape: Any, name: str) -> tuple[int, ...]:
-    """Returns ``shape`` as a tuple of non-negative Python ints, or raises."""
-    if isinstance(shape, numbers.Integral):
-        shape = (shape,)
-    try:
-        dims = tuple(shape)
-    except TypeError:
-        raise TypeError(f"{name}: shape must be a sequence of ints, got {shape!r}") from None
-    out = []
-    for dim in dims:
-        if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
-            raise TypeError(f"{name}: shape must contain ints, got {shape!r}")
-        if dim < 0:
-            raise ValueError(f"{name}: shape must not contain negative sizes, got {shape!r}")
-        out.append(int(dim))
-    return tuple(out)
-
-
 def check_dtype(dtype: DTypeLike, name: str, *, allow_complex: bool = True) -> np.dtype:
-    """Resolves ``dtype`` (``None`` -> default float) and rejects non-float dtypes."""
+    """The dtype a random initializer draws in: ``None`` is :func:`default_dtype`; any
+    other must be floating (or complex, with ``allow_complex``)."""
     if dtype is None:
         return default_dtype()
-    if isinstance(dtype, numbers.Number) and not isinstance(dtype, type):
-        raise TypeError(
-            f"{name}: dtype must be a dtype, got the number {dtype!r} "
-            "(pass distribution parameters such as mean= by keyword)"
-        )
-    try:
-        resolved = jnp.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"{name}: dtype must be a dtype, got {dtype!r}") from None
+    resolved = _checks.check_dtype(dtype, name)
     if jnp.issubdtype(resolved, jnp.complexfloating):
         if not allow_complex:
-            raise TypeError(f"{name}: dtype={resolved} is complex; {name} draws real values only")
+            _checks.fail(
+                TypeError, name, "dtype", f"real ({name} draws real values only)", resolved
+            )
         return resolved
     if not jnp.issubdtype(resolved, jnp.floating):
-        raise TypeError(
-            f"{name}: dtype must be a floating or complex dtype, got dtype={resolved} "
-            "(random initializers cannot produce integer or boolean parameters)"
+        _checks.fail(
+            TypeError,
+            name,
+            "dtype",
+            "a floating or complex dtype (random initializers cannot produce integer or "
+            "boolean parameters)",
+            resolved,
         )
     return resolved
 
@@ -106,71 +92,6 @@ def sampling_dtype(dtype: np.dtype) -> np.dtype:
     if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4:
         return np.dtype(jnp.float32)
     return dtype
-
-
-def check_number(
-    value: Any,
-    name: str,
-    arg: str,
-    *,
-    minimum: float | None = None,
-    strict: bool = False,
-) -> float:
-    """Checks a scalar hyper-parameter: a finite real number, optionally bounded below."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        try:
-            arr = np.asarray(value)
-        except Exception:
-            arr = None
-        if arr is None or arr.shape != () or not np.issubdtype(arr.dtype, np.number):
-            raise TypeError(f"{name}: {arg} must be a real number, got {value!r}")
-        if np.iscomplexobj(arr):
-            raise TypeError(f"{name}: {arg} must be a real number, got {value!r}")
-        value = arr.item()
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name}: {arg} must be finite, got {arg}={value!r}")
-    if minimum is not None:
-        if strict and value <= minimum:
-            raise ValueError(f"{name}: {arg} must be > {minimum}, got {arg}={value!r}")
-        if not strict and value < minimum:
-            raise ValueError(f"{name}: {arg} must be >= {minimum}, got {arg}={value!r}")
-    return value
-
-
-def normalize_axes(axes: AxisSpec, ndim: int, name: str, arg: str) -> tuple[int, ...]:
-    """Turns an int or a sequence of ints into non-negative axis indices for ``ndim``."""
-    try:
-        items = (axes,) if isinstance(axes, numbers.Integral) else tuple(axes)
-    except TypeError:
-        raise TypeError(
-            f"{name}: {arg} must be an int or a sequence of ints, got {axes!r}"
-        ) from None
-    out = []
-    for axis in items:
-        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
-            raise TypeError(f"{name}: {arg} must be an int or a sequence of ints, got {axes!r}")
-        if not -ndim <= axis < ndim:
-            raise ValueError(f"{name}: {arg}={axes!r} is out of range for a {ndim}-D shape")
-        out.append(int(axis) % ndim)
-    if len(set(out)) != len(out):
-        raise ValueError(f"{name}: {arg}={axes!r} names the same axis twice")
-    return tuple(out)
-
-
-def check_axis_spec(axes: Any, name: str, arg: str) -> AxisSpec:
-    """Build-time type check of an axis argument (its range is checked per shape)."""
-    items = (axes,) if isinstance(axes, numbers.Integral) else axes
-    try:
-        items = tuple(items)
-    except TypeError:
-        raise TypeError(
-            f"{name}: {arg} must be an int or a sequence of ints, got {axes!r}"
-        ) from None
-    for axis in items:
-        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
-            raise TypeError(f"{name}: {arg} must be an int or a sequence of ints, got {axes!r}")
-    return axes if isinstance(axes, numbers.Integral) else tuple(int(a) for a in items)
 
 
 def with_out_sharding(compute: Callable[[], jax.Array], out_sharding: OutSharding) -> jax.Array:
@@ -247,7 +168,11 @@ def _misused_as_initializer(args: tuple[Any, ...], value_first: bool) -> bool:
 
 
 def _uncalled_factory_error(name: str, required: bool, args: tuple[Any, ...]) -> TypeError:
-    call = f"fi.{name}(...)" if required else f"fi.{name}()"
+    import flaxinit  # loaded by now: a factory is being called
+
+    # The name as the user reaches it: the combinators live in fi.initializers only.
+    where = "fi." if name in flaxinit.__all__ else "fi.initializers."
+    call = f"{where}{name}(...)" if required else f"{where}{name}()"
     first = args[0]
     if is_prng_key(first):
         try:

@@ -1,5 +1,5 @@
-"""Constant and elementwise-random initializers: zeros, ones, constant, normal, uniform,
-truncated normal (both bound conventions)."""
+"""Constant and elementwise-random initializers: zeros, ones, constant, normal, uniform
+(jax's one-sided and absolute bounds), truncated normal (bounds in stds and absolute)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flaxinit._checks import check_dtype as check_any_dtype
+from flaxinit._checks import check_number, check_shape, fail
 from flaxinit.initializers._core import (
     DTypeLike,
     Initializer,
     OutSharding,
     Shape,
     check_dtype,
-    check_number,
-    check_shape,
     default_dtype,
     empty,
     named_factory,
@@ -35,10 +35,7 @@ def _constant_dtype(dtype: DTypeLike, name: str) -> np.dtype:
     # Constant initializers may fill integer or boolean variables (counters, masks).
     if dtype is None:
         return default_dtype()
-    try:
-        return jnp.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"{name}: dtype must be a dtype, got {dtype!r}") from None
+    return check_any_dtype(dtype, name)
 
 
 def zeros(
@@ -98,7 +95,7 @@ def constant(value, dtype: DTypeLike = None) -> Initializer:
     """
     array = np.asarray(value)
     if np.issubdtype(array.dtype, np.number) and np.isnan(array).any():
-        raise ValueError(f"constant: value must not be NaN, got value={value!r}")
+        raise ValueError(f"constant: value must be a number, not NaN, got value={value!r}")
     default = None if dtype is None else _constant_dtype(dtype, "constant")
 
     def init(key, shape, dtype=default, out_sharding=None):
@@ -132,8 +129,10 @@ def normal(stddev: float = 1e-2, dtype: DTypeLike = None, *, mean: float = 0.0) 
 
     Example:
       >>> w = normal(0.02)(jax.random.key(0), (768, 768))
+      >>> w.shape, w.dtype, round(float(w.std()), 3)
+      ((768, 768), dtype('float32'), 0.02)
     """
-    stddev = check_number(stddev, "normal", "stddev", minimum=0.0)
+    stddev = check_number(stddev, "normal", "stddev", at_least=0)
     mean = check_number(mean, "normal", "mean")
     default = None if dtype is None else check_dtype(dtype, "normal")
 
@@ -156,16 +155,18 @@ def uniform(scale: float = 1e-2, dtype: DTypeLike = None) -> Initializer:
     """Draws from U[0, scale): jax's one-sided convention.
 
     The ``jax.nn.initializers.uniform`` twin (same values in float32). For a
-    symmetric or arbitrary range use :func:`uniform_range`. Real dtypes only.
+    symmetric or arbitrary range use :func:`uniform_between`. Real dtypes only.
 
     Args:
       scale: the upper end of the range, >= 0.
       dtype: the default dtype when the caller passes none.
 
     Example:
-      >>> w = uniform(0.1)(jax.random.key(0), (3, 3))
+      >>> w = uniform(0.1)(jax.random.key(0), (100, 100))
+      >>> bool(w.min() >= 0.0 and w.max() < 0.1)
+      True
     """
-    scale = check_number(scale, "uniform", "scale", minimum=0.0)
+    scale = check_number(scale, "uniform", "scale", at_least=0)
     default = None if dtype is None else check_dtype(dtype, "uniform")
 
     def init(key, shape, dtype=default, out_sharding=None):
@@ -181,13 +182,14 @@ def uniform(scale: float = 1e-2, dtype: DTypeLike = None) -> Initializer:
 
 
 @named_factory
-def uniform_range(
+def uniform_between(
     minval: float = -1.0, maxval: float = 1.0, dtype: DTypeLike = None
 ) -> Initializer:
-    """Draws from U[minval, maxval): PyTorch's ``uniform_(a, b)``.
+    """Draws from U[minval, maxval), absolute bounds: PyTorch's ``uniform_(a, b)``.
 
-    ``uniform_range(-1 / sqrt(fan_in), 1 / sqrt(fan_in))`` is PyTorch's default for
-    ``nn.Linear`` biases. Real dtypes only.
+    ``uniform_between(-1 / sqrt(fan_in), 1 / sqrt(fan_in))`` is PyTorch's default for
+    ``nn.Linear`` biases. :func:`uniform` is jax's one-sided U[0, scale). Real dtypes
+    only. Formerly ``uniform_range`` (deprecated alias for one release).
 
     Args:
       minval: the lower end (inclusive).
@@ -195,19 +197,20 @@ def uniform_range(
       dtype: the default dtype when the caller passes none.
 
     Example:
-      >>> b = uniform_range(-0.05, 0.05)(jax.random.key(0), (128,))
+      >>> b = uniform_between(-0.05, 0.05)(jax.random.key(0), (1000,))
+      >>> bool(b.min() >= -0.05 and b.max() < 0.05), round(float(b.mean()), 2)
+      (True, 0.0)
     """
-    minval = check_number(minval, "uniform_range", "minval")
-    maxval = check_number(maxval, "uniform_range", "maxval")
+    name = "uniform_between"
+    minval = check_number(minval, name, "minval")
+    maxval = check_number(maxval, name, "maxval")
     if not maxval > minval:
-        raise ValueError(
-            f"uniform_range: maxval must be > minval, got minval={minval}, maxval={maxval}"
-        )
-    default = None if dtype is None else check_dtype(dtype, "uniform_range")
+        fail(ValueError, name, "maxval", f"> minval={minval:g}", maxval)
+    default = None if dtype is None else check_dtype(dtype, name)
 
     def init(key, shape, dtype=default, out_sharding=None):
-        shape = check_shape(shape, "uniform_range")
-        dtype = check_dtype(dtype, "uniform_range", allow_complex=False)
+        shape = check_shape(shape, name)
+        dtype = check_dtype(dtype, name, allow_complex=False)
         if math.prod(shape) == 0:
             return empty(shape, dtype, out_sharding)
         draw = sampling_dtype(dtype)
@@ -217,17 +220,24 @@ def uniform_range(
     return init
 
 
-def truncated_std(lower: float, upper: float) -> float:
+def truncated_normal_std(lower: float, upper: float) -> float:
     """The std of a standard normal truncated to ``(lower, upper)``.
 
     ``sqrt(1 + (a phi(a) - b phi(b)) / Z - ((phi(a) - phi(b)) / Z)^2)`` with
-    ``Z = Phi(b) - Phi(a)``; 0.8796256610342398 for (-2, 2).
+    ``a, b = lower, upper``, ``phi``/``Phi`` the standard normal density and CDF and
+    ``Z = Phi(b) - Phi(a)``; 0.8796256610342398 for (-2, 2). Infinite bounds are
+    allowed. Formerly ``truncated_std`` (deprecated alias for one release).
 
     Example:
-      >>> round(truncated_std(-2.0, 2.0), 10)
+      >>> round(truncated_normal_std(-2.0, 2.0), 10)
       0.879625661
+      >>> truncated_normal_std(-math.inf, math.inf)
+      1.0
     """
-    a, b = float(lower), float(upper)
+    a = check_number(lower, "truncated_normal_std", "lower", finite=False)
+    b = check_number(upper, "truncated_normal_std", "upper", finite=False)
+    if not b > a:
+        fail(ValueError, "truncated_normal_std", "upper", f"> lower={a:g}", b)
     pdf = lambda t: math.exp(-0.5 * t * t) / math.sqrt(2 * math.pi) if math.isfinite(t) else 0.0
     mass = float(_ndtr(b) - _ndtr(a))
     ta = a * pdf(a) if math.isfinite(a) else 0.0
@@ -236,11 +246,15 @@ def truncated_std(lower: float, upper: float) -> float:
     return math.sqrt(1.0 + (ta - tb) / mass - mean * mean)
 
 
-def _check_bounds(lower: float, upper: float, name: str) -> tuple[float, float]:
-    lower = float(lower)
-    upper = float(upper)
-    if math.isnan(lower) or math.isnan(upper) or not upper > lower:
-        raise ValueError(f"{name}: need lower < upper, got lower={lower}, upper={upper}")
+def _check_bounds(
+    lower: float, upper: float, name: str, args: tuple[str, str] = ("lower", "upper")
+) -> tuple[float, float]:
+    """Bounds in units of std: numbers (infinite allowed), ``upper > lower``, and an
+    interval holding enough mass for the inverse-CDF sampler."""
+    lower = check_number(lower, name, args[0], finite=False)
+    upper = check_number(upper, name, args[1], finite=False)
+    if not upper > lower:
+        fail(ValueError, name, args[1], f"> {args[0]}={lower:g}", upper)
     if float(_ndtr(upper) - _ndtr(lower)) < 1e-6:
         raise ValueError(
             f"{name}: the interval ({lower}, {upper}) holds less than 1e-6 of the normal's "
@@ -260,7 +274,7 @@ def truncated_standard_normal(key, lower, upper, shape, dtype, out_sharding=None
     jax draws ``u`` uniform in ``[erf(lower / sqrt 2), erf(upper / sqrt 2))`` and returns
     ``sqrt 2 erfinv(u)`` clamped into the bounds. A bound beyond about 5.9 in float32
     has ``erf`` rounding to exactly -1 or 1, so ``u`` can be -1, ``erfinv`` is -inf,
-    and the sample lands on the bound itself: at ``trunc_normal(std=0.02)``'s bounds
+    and the sample lands on the bound itself: at ``truncated_normal_between(std=0.02)``'s bounds
     of +-100 std, about 1 draw in 6 million is exactly -2.0. Here the uniform range is
     kept inside (-1, 1), so no sample goes beyond what the float inverse CDF resolves
     (about 5.3 std in float32; the normal mass beyond is 1e-7). Bounds that ``erf``
@@ -299,9 +313,9 @@ def truncated_normal(
     ``mean=0``). Bounds are in units of ``stddev`` (jax, Haiku, TF and timm's
     ``trunc_normal_tf_``), and ``stddev`` is the std *before* truncation: with the
     default bounds the samples' std is ``0.8796 * stddev``. Pass
-    ``correct_std=True`` to divide by :func:`truncated_std` so the std is exactly
-    ``stddev`` (the bounds then scale with it). PyTorch's ``trunc_normal_`` takes
-    absolute bounds instead: see :func:`trunc_normal`.
+    ``correct_std=True`` to divide by :func:`truncated_normal_std` so the std is
+    exactly ``stddev`` (the bounds then scale with it). PyTorch's ``trunc_normal_``
+    takes absolute bounds instead: see :func:`truncated_normal_between`.
 
     Args:
       stddev: the scale, >= 0.
@@ -312,14 +326,18 @@ def truncated_normal(
       correct_std: make the samples' std equal ``stddev``.
 
     Example:
-      >>> w = truncated_normal(0.02)(jax.random.key(0), (768, 768))  # std 0.0176
+      >>> w = truncated_normal(0.02)(jax.random.key(0), (768, 768))
+      >>> round(float(w.std()), 4), bool(abs(w).max() <= 2 * 0.02)
+      (0.0176, True)
       >>> w = truncated_normal(0.02, correct_std=True)(jax.random.key(0), (768, 768))
+      >>> round(float(w.std()), 4)
+      0.02
     """
     name = "truncated_normal"
-    stddev = check_number(stddev, name, "stddev", minimum=0.0)
+    stddev = check_number(stddev, name, "stddev", at_least=0)
     mean = check_number(mean, name, "mean")
     lower, upper = _check_bounds(lower, upper, name)
-    scale = stddev / truncated_std(lower, upper) if correct_std else stddev
+    scale = stddev / truncated_normal_std(lower, upper) if correct_std else stddev
     default = None if dtype is None else check_dtype(dtype, name)
 
     def init(key, shape, dtype=default, out_sharding=None):
@@ -339,36 +357,46 @@ def truncated_normal(
 
 
 @named_factory
-def trunc_normal(
+def truncated_normal_between(
     mean: float = 0.0,
     std: float = 1.0,
-    a: float = -2.0,
-    b: float = 2.0,
+    minval: float = -2.0,
+    maxval: float = 2.0,
     dtype: DTypeLike = None,
 ) -> Initializer:
-    """PyTorch's ``torch.nn.init.trunc_normal_``: N(mean, std^2) cut to absolute [a, b].
+    """N(mean, std^2) cut to the absolute interval [minval, maxval]: PyTorch's
+    ``torch.nn.init.trunc_normal_(mean, std, a=minval, b=maxval)``.
 
-    The bounds ``a`` and ``b`` are absolute values, not multiples of ``std``, and
-    ``std`` is the std before truncation. So ``trunc_normal(std=0.02)`` (timm's ViT
-    init) is practically untruncated (the bounds sit at 100 sigma), while
-    ``truncated_normal(0.02)`` cuts at 2 sigma. Every sample lies in [a, b].
+    The bounds are absolute values, not multiples of ``std``, and ``std`` is the std
+    before truncation. So ``truncated_normal_between(std=0.02)`` (timm's ViT init) is
+    practically untruncated (the bounds sit at 100 sigma), while
+    ``truncated_normal(0.02)`` (jax's, bounds in units of ``stddev``) cuts at 2 sigma.
+    Every sample lies in [minval, maxval]. Formerly ``trunc_normal(mean, std, a, b)``
+    (deprecated alias for one release).
 
     Args:
       mean: the mean of the normal before truncation.
       std: its std, > 0.
-      a: the absolute lower bound.
-      b: the absolute upper bound, > a.
+      minval: the absolute lower bound.
+      maxval: the absolute upper bound, > minval.
       dtype: the default dtype when the caller passes none.
 
     Example:
-      >>> w = trunc_normal(std=0.02)(jax.random.key(0), (768, 3072))
+      >>> w = truncated_normal_between(std=0.02)(jax.random.key(0), (768, 3072))
+      >>> round(float(w.std()), 3)
+      0.02
+      >>> w = truncated_normal_between(0.0, 1.0, -0.5, 0.5)(jax.random.key(0), (1000,))
+      >>> bool(w.min() >= -0.5 and w.max() <= 0.5)
+      True
     """
-    name = "trunc_normal"
+    name = "truncated_normal_between"
     mean = check_number(mean, name, "mean")
-    std = check_number(std, name, "std", minimum=0.0, strict=True)
-    a = check_number(a, name, "a")
-    b = check_number(b, name, "b")
-    lower, upper = _check_bounds((a - mean) / std, (b - mean) / std, name)
+    std = check_number(std, name, "std", above=0)
+    minval = check_number(minval, name, "minval")
+    maxval = check_number(maxval, name, "maxval")
+    if not maxval > minval:
+        fail(ValueError, name, "maxval", f"> minval={minval:g}", maxval)
+    lower, upper = _check_bounds((minval - mean) / std, (maxval - mean) / std, name)
     default = None if dtype is None else check_dtype(dtype, name)
 
     def init(key, shape, dtype=default, out_sharding=None):
@@ -382,6 +410,29 @@ def trunc_normal(
         # Rounding of z * std + mean (and of the cast) may step past a bound by an ulp;
         # the bounds are hard, as in PyTorch, in the output dtype.
         x = x.astype(dtype)
-        return jnp.clip(x, jnp.array(a, dtype), jnp.array(b, dtype))
+        return jnp.clip(x, jnp.array(minval, dtype), jnp.array(maxval, dtype))
 
     return init
+
+
+@named_factory
+def trunc_normal(
+    mean: float = 0.0,
+    std: float = 1.0,
+    a: float = -2.0,
+    b: float = 2.0,
+    dtype: DTypeLike = None,
+) -> Initializer:
+    """Deprecated: :func:`truncated_normal_between` with ``a``, ``b`` for ``minval``,
+    ``maxval``; the same draws. Reached only through the deprecated public names
+    ``flaxinit.trunc_normal``/``flaxinit.initializers.trunc_normal``, which warn.
+
+    Example:
+      >>> old = trunc_normal(std=0.5, a=-1.0, b=1.0)(jax.random.key(0), (4,))
+      >>> new = truncated_normal_between(std=0.5, minval=-1.0, maxval=1.0)(jax.random.key(0), (4,))
+      >>> bool((old == new).all())
+      True
+    """
+    if not check_number(b, "trunc_normal", "b") > check_number(a, "trunc_normal", "a"):
+        fail(ValueError, "trunc_normal", "b", f"> a={a:g}", b)
+    return truncated_normal_between(mean, std, a, b, dtype)

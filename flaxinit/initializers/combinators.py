@@ -8,19 +8,12 @@ default applies (its factory's ``dtype=``, else jax's default float), so
 from __future__ import annotations
 
 import math
-import numbers
 
 import jax
 import jax.numpy as jnp
 
-from flaxinit.initializers._core import (
-    Initializer,
-    check_number,
-    check_shape,
-    named_factory,
-    normalize_axes,
-    with_out_sharding,
-)
+from flaxinit._checks import check_callable, check_int, check_number, check_shape, normalize_axes
+from flaxinit.initializers._core import Initializer, named_factory, with_out_sharding
 
 
 @named_factory
@@ -35,7 +28,11 @@ def scaled(init: Initializer, factor: float) -> Initializer:
 
     Example:
       >>> import math
+      >>> from flaxinit.initializers import normal
       >>> depth_scaled = scaled(normal(0.02), 1 / math.sqrt(2 * 12))  # GPT-2 residual proj.
+      >>> key = jax.random.key(0)
+      >>> bool(jnp.allclose(depth_scaled(key, (4, 4)), normal(0.02)(key, (4, 4)) / math.sqrt(24)))
+      True
     """
     _check_initializer(init, "scaled")
     factor = check_number(factor, "scaled", "factor")
@@ -48,29 +45,35 @@ def scaled(init: Initializer, factor: float) -> Initializer:
 
 
 @named_factory
-def stacked(init: Initializer, axis: int = 0) -> Initializer:
+def layerwise(init: Initializer, axis: int = 0) -> Initializer:
     """Draws each slice along ``axis`` independently, with ``init`` and the slice's shape.
 
-    For stacked layers (``nn.scan``/``nnx.vmap`` parameters with a leading layer
-    axis): slice ``i`` is ``init(jax.random.split(key, n)[i], slice_shape)``, so its
-    fans are those of one layer, not of the stack (``he_normal()`` on a ``(12, 256,
-    256)`` stack would otherwise count the 12 layers as receptive field).
+    For a stack of layers (``nn.scan``/``nnx.vmap`` parameters with a layer axis):
+    slice ``i`` is ``init(jax.random.split(key, n)[i], slice_shape)``, so its fans are
+    those of one layer, not of the stack (``he_normal()`` on a ``(12, 256, 256)``
+    stack would otherwise count the 12 layers as receptive field). :func:`blockwise`
+    is its counterpart for blocks fused along an axis. Formerly ``stacked``
+    (deprecated alias for one release).
 
     Args:
       init: any initializer.
-      axis: the stacking axis.
+      axis: the layer axis.
 
     Example:
-      >>> w = stacked(he_normal())(jax.random.key(0), (12, 256, 256))
+      >>> from flaxinit.initializers import he_normal
+      >>> key = jax.random.key(0)
+      >>> w = layerwise(he_normal())(key, (12, 256, 256))
+      >>> bool((w[3] == he_normal()(jax.random.split(key, 12)[3], (256, 256))).all())
+      True
     """
-    _check_initializer(init, "stacked")
-    _check_int(axis, "stacked", "axis")
+    _check_initializer(init, "layerwise")
+    axis = check_int(axis, "layerwise", "axis")
 
     def apply(key, shape, dtype=None, out_sharding=None):
-        shape = check_shape(shape, "stacked")
+        shape = check_shape(shape, "layerwise")
         if not shape:
-            raise ValueError("stacked: needs a shape with at least 1 dimension")
-        (ax,) = normalize_axes(axis, len(shape), "stacked", "axis")
+            raise ValueError("layerwise: needs a shape with at least 1 dimension, got shape=()")
+        (ax,) = normalize_axes(axis, len(shape), "layerwise", "axis")
         slice_shape = shape[:ax] + shape[ax + 1 :]
 
         def compute():
@@ -101,18 +104,20 @@ def blockwise(init: Initializer, num_blocks: int, axis: int = -1) -> Initializer
       axis: the fused axis.
 
     Example:
+      >>> from flaxinit.initializers import orthogonal
       >>> w = blockwise(orthogonal(), 4)(jax.random.key(0), (128, 512))
+      >>> gate = w[:, 128:256]  # the second gate's block: orthogonal on its own
+      >>> bool(jnp.allclose(gate.T @ gate, jnp.eye(128), atol=1e-5))
+      True
     """
     _check_initializer(init, "blockwise")
-    _check_int(num_blocks, "blockwise", "num_blocks")
-    if num_blocks < 1:
-        raise ValueError(f"blockwise: num_blocks must be >= 1, got num_blocks={num_blocks}")
-    _check_int(axis, "blockwise", "axis")
+    num_blocks = check_int(num_blocks, "blockwise", "num_blocks", at_least=1)
+    axis = check_int(axis, "blockwise", "axis")
 
     def apply(key, shape, dtype=None, out_sharding=None):
         shape = check_shape(shape, "blockwise")
         if not shape:
-            raise ValueError("blockwise: needs a shape with at least 1 dimension")
+            raise ValueError("blockwise: needs a shape with at least 1 dimension, got shape=()")
         (ax,) = normalize_axes(axis, len(shape), "blockwise", "axis")
         if shape[ax] % num_blocks:
             raise ValueError(
@@ -145,10 +150,4 @@ def call(init, key, shape, dtype=None, out_sharding=None):
 
 
 def _check_initializer(init, name):
-    if not callable(init):
-        raise TypeError(f"{name}: init must be an initializer (a callable), got {init!r}")
-
-
-def _check_int(value, name, arg):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: {arg} must be an int, got {arg}={value!r}")
+    check_callable(init, name, "init", "an initializer (a callable)")

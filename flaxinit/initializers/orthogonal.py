@@ -8,17 +8,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flaxinit._checks import check_axes, check_int, check_number, check_shape, normalize_axes
 from flaxinit.initializers._core import (
     AxisSpec,
     DTypeLike,
     Initializer,
-    check_axis_spec,
     check_dtype,
-    check_number,
-    check_shape,
     empty,
     named_factory,
-    normalize_axes,
     sampling_dtype,
     with_out_sharding,
 )
@@ -99,15 +96,17 @@ def orthogonal(
       batch_axis: axes of independent matrices (keyword-only).
 
     Example:
-      >>> w = orthogonal()(jax.random.key(0), (256, 256))
-      >>> stacked = orthogonal(batch_axis=0)(jax.random.key(0), (12, 64, 64))
+      >>> w = orthogonal()(jax.random.key(0), (256, 128))
+      >>> bool(jnp.allclose(w.T @ w, jnp.eye(128), atol=1e-5))
+      True
+      >>> layers = orthogonal(batch_axis=0)(jax.random.key(0), (12, 64, 64))
+      >>> bool(jnp.allclose(layers[5] @ layers[5].T, jnp.eye(64), atol=1e-5))
+      True
     """
     name = "orthogonal"
-    scale = check_number(scale, name, "scale", minimum=0.0)
-    column_axis = check_axis_spec(column_axis, name, "column_axis")
-    if not isinstance(column_axis, int):
-        raise TypeError(f"{name}: column_axis must be an int, got {column_axis!r}")
-    batch_axis = check_axis_spec(batch_axis, name, "batch_axis")
+    scale = check_number(scale, name, "scale", at_least=0)
+    column_axis = check_int(column_axis, name, "column_axis")
+    batch_axis = check_axes(batch_axis, name, "batch_axis")
     default = None if dtype is None else check_dtype(dtype, name)
 
     def init(key, shape, dtype=default, out_sharding=None):
@@ -170,9 +169,12 @@ def delta_orthogonal(
 
     Example:
       >>> w = delta_orthogonal()(jax.random.key(0), (3, 3, 64, 64))
+      >>> centre = w[1, 1]
+      >>> bool(jnp.allclose(centre.T @ centre, jnp.eye(64), atol=1e-5)), float(abs(w[0]).max())
+      (True, 0.0)
     """
     name = "delta_orthogonal"
-    scale = check_number(scale, name, "scale", minimum=0.0)
+    scale = check_number(scale, name, "scale", at_least=0)
     tap_init = orthogonal(scale, column_axis)
     default = None if dtype is None else check_dtype(dtype, name)
 

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import math
-import numbers
 
 import jax
 import jax.numpy as jnp
 
+from flaxinit._checks import check_int, check_number, check_shape
 from flaxinit.initializers._core import (
     DTypeLike,
     Initializer,
     check_dtype,
-    check_number,
-    check_shape,
     empty,
     named_factory,
     sampling_dtype,
@@ -78,11 +76,11 @@ def dirac(groups: int = 1, scale: float = 1.0, dtype: DTypeLike = None) -> Initi
 
     Example:
       >>> w = dirac()(jax.random.key(0), (3, 3, 16, 16))  # nn.Conv(16, (3, 3)) identity
+      >>> bool((w[1, 1] == jnp.eye(16)).all()), float(w.sum())
+      (True, 16.0)
     """
     name = "dirac"
-    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1:
-        raise ValueError(f"{name}: groups must be a positive int, got groups={groups!r}")
-    groups = int(groups)
+    groups = check_int(groups, name, "groups", at_least=1)
     scale = check_number(scale, name, "scale")
     default = None if dtype is None else check_dtype(dtype, name)
 
@@ -144,6 +142,8 @@ def sparse(
 
     Example:
       >>> w = sparse(nonzero=15, stddev=1.0)(jax.random.key(0), (784, 256))
+      >>> bool(((w != 0).sum(axis=0) == 15).all())
+      True
     """
     name = "sparse"
     if (sparsity is None) == (nonzero is None):
@@ -153,12 +153,10 @@ def sparse(
             f"got sparsity={sparsity!r}, nonzero={nonzero!r}"
         )
     if sparsity is not None:
-        sparsity = check_number(sparsity, name, "sparsity", minimum=0.0)
-        if sparsity >= 1.0:
-            raise ValueError(f"{name}: sparsity must be < 1, got sparsity={sparsity}")
-    elif isinstance(nonzero, bool) or not isinstance(nonzero, numbers.Integral) or nonzero < 1:
-        raise ValueError(f"{name}: nonzero must be a positive int, got nonzero={nonzero!r}")
-    stddev = check_number(stddev, name, "stddev", minimum=0.0)
+        sparsity = check_number(sparsity, name, "sparsity", at_least=0, below=1)
+    else:
+        nonzero = check_int(nonzero, name, "nonzero", at_least=1)
+    stddev = check_number(stddev, name, "stddev", at_least=0)
     default = None if dtype is None else check_dtype(dtype, name)
 
     def init(key, shape, dtype=default, out_sharding=None):

@@ -21,14 +21,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flaxinit._checks import check_axes, check_bool, check_choice, check_number, check_shape
 from flaxinit.initializers._core import (
     AxisSpec,
     DTypeLike,
     Initializer,
-    check_axis_spec,
     check_dtype,
-    check_number,
-    check_shape,
     empty,
     named_factory,
     sampling_dtype,
@@ -114,20 +112,17 @@ def variance_scaling(
 
     Example:
       >>> init = variance_scaling(2.0, "fan_in", "normal")
-      >>> w = init(jax.random.key(0), (256, 512))  # std sqrt(2 / 256)
+      >>> w = init(jax.random.key(0), (256, 512))
+      >>> round(float(w.std() / math.sqrt(2 / 256)), 2)
+      1.0
     """
     name = "variance_scaling"
-    scale = check_number(scale, name, "scale", minimum=0.0)
-    if mode not in MODES:
-        raise ValueError(f"{name}: mode must be one of {MODES}, got mode={mode!r}")
-    if distribution not in DISTRIBUTIONS:
-        raise ValueError(
-            f"{name}: distribution must be one of {DISTRIBUTIONS}, "
-            f"got distribution={distribution!r}"
-        )
-    in_axis = check_axis_spec(in_axis, name, "in_axis")
-    out_axis = check_axis_spec(out_axis, name, "out_axis")
-    batch_axis = check_axis_spec(batch_axis, name, "batch_axis")
+    scale = check_number(scale, name, "scale", at_least=0)
+    check_choice(mode, name, "mode", MODES)
+    check_choice(distribution, name, "distribution", DISTRIBUTIONS)
+    in_axis = check_axes(in_axis, name, "in_axis")
+    out_axis = check_axes(out_axis, name, "out_axis")
+    batch_axis = check_axes(batch_axis, name, "batch_axis")
     default = None if dtype is None else check_dtype(dtype, name)
 
     def init(key, shape, dtype=default, out_sharding=None):
@@ -181,6 +176,9 @@ def glorot_uniform(
 
     Example:
       >>> w = glorot_uniform()(jax.random.key(0), (256, 512))
+      >>> limit = math.sqrt(6 / (256 + 512))
+      >>> bool(abs(w).max() <= limit), round(float(abs(w).max() / limit), 2)
+      (True, 1.0)
     """
     return variance_scaling(1.0, "fan_avg", "uniform", in_axis, out_axis, batch_axis, dtype)
 
@@ -196,6 +194,9 @@ def glorot_normal(
 
     Example:
       >>> w = glorot_normal()(jax.random.key(0), (256, 512))
+      >>> std = math.sqrt(2 / (256 + 512))
+      >>> round(float(w.std() / std), 2), bool(abs(w).max() <= 2 * std / 0.8796)
+      (1.0, True)
     """
     return variance_scaling(
         1.0, "fan_avg", "truncated_normal", in_axis, out_axis, batch_axis, dtype
@@ -210,6 +211,8 @@ def lecun_uniform(
 
     Example:
       >>> w = lecun_uniform()(jax.random.key(0), (256, 512))
+      >>> round(float(abs(w).max() / math.sqrt(3 / 256)), 2)
+      1.0
     """
     return variance_scaling(1.0, "fan_in", "uniform", in_axis, out_axis, batch_axis, dtype)
 
@@ -222,6 +225,8 @@ def lecun_normal(
 
     LeCun et al. 1998; Klambauer et al. 2017 (SELU). Example:
       >>> w = lecun_normal()(jax.random.key(0), (256, 512))
+      >>> round(float(w.std() * math.sqrt(256)), 2)
+      1.0
     """
     return variance_scaling(1.0, "fan_in", "truncated_normal", in_axis, out_axis, batch_axis, dtype)
 
@@ -234,6 +239,8 @@ def he_uniform(
 
     He et al. 2015, "Delving Deep into Rectifiers". Example:
       >>> w = he_uniform()(jax.random.key(0), (3, 3, 64, 64))
+      >>> round(float(abs(w).max() / math.sqrt(6 / (3 * 3 * 64))), 2)
+      1.0
     """
     return variance_scaling(2.0, "fan_in", "uniform", in_axis, out_axis, batch_axis, dtype)
 
@@ -249,6 +256,8 @@ def he_normal(
 
     Example:
       >>> w = he_normal()(jax.random.key(0), (3, 3, 64, 64))
+      >>> round(float(w.std() / math.sqrt(2 / (3 * 3 * 64))), 2)
+      1.0
     """
     return variance_scaling(2.0, "fan_in", "truncated_normal", in_axis, out_axis, batch_axis, dtype)
 
@@ -269,9 +278,8 @@ def _torch_hint(name: str, twin: str, torch_args: str) -> str:
 
 def _check_gain(gain: float, allow_zero: bool, name: str) -> float:
     """``gain`` checked: finite, >= 0, and not 0 unless ``allow_zero``."""
-    gain = check_number(gain, name, "gain", minimum=0.0)
-    if not isinstance(allow_zero, bool):
-        raise TypeError(f"{name}: allow_zero must be a bool, got allow_zero={allow_zero!r}")
+    gain = check_number(gain, name, "gain", at_least=0)
+    allow_zero = check_bool(allow_zero, name, "allow_zero")
     if gain == 0.0 and not allow_zero:
         raise ValueError(
             f"{name}: gain=0 makes every weight 0 (no signal forward, no gradient to the "
@@ -304,6 +312,8 @@ def xavier_uniform(
 
     Example:
       >>> w = xavier_uniform(gain=calculate_gain("tanh"))(jax.random.key(0), (256, 256))
+      >>> round(float(abs(w).max() / (5 / 3 * math.sqrt(6 / 512))), 2)
+      1.0
     """
     gain = _check_gain(gain, allow_zero, "xavier_uniform")
     return variance_scaling(gain**2, "fan_avg", "uniform", in_axis, out_axis, batch_axis, dtype)
@@ -327,14 +337,16 @@ def xavier_normal(
 
     Example:
       >>> w = xavier_normal()(jax.random.key(0), (256, 256))
+      >>> std = math.sqrt(2 / 512)
+      >>> round(float(w.std() / std), 2), bool(abs(w).max() > 3 * std)  # untruncated
+      (1.0, True)
     """
     gain = _check_gain(gain, allow_zero, "xavier_normal")
     return variance_scaling(gain**2, "fan_avg", "normal", in_axis, out_axis, batch_axis, dtype)
 
 
 def _kaiming_scale(name: str, a: float, mode: str, nonlinearity: str) -> float:
-    if mode not in ("fan_in", "fan_out"):
-        raise ValueError(f"{name}: mode must be 'fan_in' or 'fan_out', got mode={mode!r}")
+    check_choice(mode, name, "mode", ("fan_in", "fan_out"))
     a = check_number(a, name, "a")
     try:
         gain = calculate_gain(nonlinearity, a)
@@ -369,6 +381,9 @@ def kaiming_uniform(
 
     Example:
       >>> torch_linear_default = kaiming_uniform(a=math.sqrt(5))
+      >>> w = torch_linear_default(jax.random.key(0), (256, 64))
+      >>> round(float(abs(w).max() * math.sqrt(256)), 2)  # U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+      1.0
     """
     scale = _kaiming_scale("kaiming_uniform", a, mode, nonlinearity)
     return variance_scaling(scale, mode, "uniform", in_axis, out_axis, batch_axis, dtype)
@@ -393,6 +408,8 @@ def kaiming_normal(
     Example:
       >>> init = kaiming_normal(mode="fan_out", nonlinearity="relu")
       >>> w = init(jax.random.key(0), (3, 3, 64, 128))
+      >>> round(float(w.std() / math.sqrt(2 / (3 * 3 * 128))), 2)
+      1.0
     """
     scale = _kaiming_scale("kaiming_normal", a, mode, nonlinearity)
     return variance_scaling(scale, mode, "normal", in_axis, out_axis, batch_axis, dtype)

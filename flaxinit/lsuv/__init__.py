@@ -17,7 +17,6 @@ pre-activation measurement a scalar ``lax.while_loop`` on the output's moments.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,6 +24,7 @@ import flax.linen as nn
 import jax
 from flax import nnx
 
+from flaxinit._checks import check_choice, check_int, check_number
 from flaxinit.lsuv import cache as _cache
 from flaxinit.lsuv import for_linen as _linen
 from flaxinit.lsuv import for_nnx as _nnx
@@ -60,17 +60,11 @@ def _pre_init_fn(pre_init) -> Callable | None:
 def _config(
     target_var, tol, max_iters, measure, activation, activation_bounds, center, solver="exact"
 ):
-    for name, value in (("target_var", target_var), ("tol", tol)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(f"lsuv: {name} must be a number, got {name}={value!r}")
-        if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"lsuv: {name} must be finite and > 0, got {name}={value!r}")
-    if isinstance(max_iters, bool) or not isinstance(max_iters, numbers.Integral) or max_iters < 1:
-        raise ValueError(f"lsuv: max_iters must be an int >= 1, got max_iters={max_iters!r}")
-    if solver not in ("exact", "iterate"):
-        raise ValueError(f"lsuv: solver must be 'exact' or 'iterate', got solver={solver!r}")
-    if measure not in ("output", "activation"):
-        raise ValueError(f"lsuv: measure must be 'output' or 'activation', got measure={measure!r}")
+    target_var = check_number(target_var, "lsuv", "target_var", above=0)
+    tol = check_number(tol, "lsuv", "tol", above=0)
+    max_iters = check_int(max_iters, "lsuv", "max_iters", at_least=1)
+    check_choice(solver, "lsuv", "solver", ("exact", "iterate"))
+    check_choice(measure, "lsuv", "measure", ("output", "activation"))
     if measure == "activation" and not callable(activation):
         raise ValueError(
             "lsuv: measure='activation' needs activation= (the function that follows each "

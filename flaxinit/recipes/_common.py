@@ -1,4 +1,4 @@
-"""What the recipes share: pattern arguments, argument checks, default layout names,
+"""What the recipes share: pattern arguments, default layout names,
 and :class:`LayerInit`, a re-draw whose initializer depends on the layer.
 
 Per-layer leaves. A rule on a parameter that lives inside a repeated block (attention,
@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
+from flaxinit._checks import fail
 from flaxinit.initializers import Initializer
 from flaxinit.rules import RuleContext, compile_pattern, fill, per_layer, reinit
 from flaxinit.rules.actions import Action
@@ -110,29 +110,6 @@ def rules_for(value: Patterns, action: Any, recipe: str, arg: str) -> Rules:
     return [(p, action) for p in pattern_list(value, recipe, arg)]
 
 
-def check_positive_int(value: Any, recipe: str, arg: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{recipe}: {arg} must be an int, got {arg}={value!r}")
-    if value < minimum:
-        raise ValueError(f"{recipe}: {arg} must be >= {minimum}, got {arg}={value}")
-    return int(value)
-
-
-def check_float(
-    value: Any, recipe: str, arg: str, *, positive: bool = False, nonnegative: bool = False
-) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{recipe}: {arg} must be a number, got {arg}={value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{recipe}: {arg} must be finite, got {arg}={value}")
-    if positive and value <= 0:
-        raise ValueError(f"{recipe}: {arg} must be > 0, got {arg}={value}")
-    if nonnegative and value < 0:
-        raise ValueError(f"{recipe}: {arg} must be >= 0, got {arg}={value}")
-    return value
-
-
 # --------------------------------------------------------------------------- layer init
 
 # How a projection kernel's axes split into input and output, for one layer:
@@ -212,7 +189,7 @@ class LayerInit(Action):
                 "(layers_3, blocks_3, h_3, blocks/3), the rule took the leaf for a stack "
                 "of layers along axis 0: rename the blocks or override the pattern"
             )
-        if ctx.is_layer_slice and self.num_layers is not None and ctx.num_layers != self.num_layers:
+        if ctx.stacked and self.num_layers is not None and ctx.num_layers != self.num_layers:
             raise ValueError(
                 f"{self.name}: the leaf at {ctx.path!r} was taken for a stack of "
                 f"{ctx.num_layers} layers along axis 0, but the recipe was built for "
@@ -270,9 +247,7 @@ def as_float_array(values: Any, recipe: str, arg: str) -> np.ndarray:
     try:
         arr = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
-        raise TypeError(f"{recipe}: {arg} must be numbers, got {arg}={values!r}") from None
+        fail(TypeError, recipe, arg, "numbers", values)
     if arr.ndim > 1:
-        raise ValueError(
-            f"{recipe}: {arg} must be a number or a 1-D sequence, got {arg}={values!r}"
-        )
+        fail(ValueError, recipe, arg, "a number or a 1-D sequence", values)
     return arr

@@ -8,13 +8,13 @@ leaf whole: a stacked (``nn.scan``) conv needs ``per_layer``.
 
 from __future__ import annotations
 
+from flaxinit._checks import check_choice, check_int
 from flaxinit.initializers import kaiming_normal, variance_scaling
 from flaxinit.recipes._common import (
     NORM_BIAS,
     NORM_SCALE,
     Patterns,
     Rules,
-    check_positive_int,
     norm_gain,
     rules_for,
 )
@@ -57,8 +57,7 @@ def he_cnn(
       ['params/head/bias', 'params/head/kernel']
     """
     r = "he_cnn"
-    if mode not in ("fan_in", "fan_out"):
-        raise ValueError(f"{r}: mode must be 'fan_in' or 'fan_out', got mode={mode!r}")
+    check_choice(mode, r, "mode", ("fan_in", "fan_out"))
     return [
         *rules_for(convs, kaiming_normal(mode=mode, nonlinearity="relu"), r, "convs"),
         *rules_for(norm_scales, norm_gain(1.0), r, "norm_scales"),
@@ -132,8 +131,8 @@ def fixup(
       ('reinit(he_normal(fan_out) × 2^(-1/2) = ×0.7071)',)
     """
     r = "fixup"
-    L = check_positive_int(num_blocks, r, "num_blocks")
-    m = check_positive_int(m, r, "m", minimum=2)
+    L = check_int(num_blocks, r, "num_blocks", at_least=1)
+    m = check_int(m, r, "m", at_least=2)
     if branch is None:
         branch = tuple(f"conv{i}/kernel" for i in range(1, m))
     if last is None:

@@ -7,6 +7,7 @@ and every bias; apply a recipe to the generator's and the discriminator's variab
 
 from __future__ import annotations
 
+from flaxinit._checks import check_number
 from flaxinit.initializers import kaiming_normal, normal
 from flaxinit.recipes._common import (
     BIAS,
@@ -14,7 +15,6 @@ from flaxinit.recipes._common import (
     NORM_SCALE,
     Patterns,
     Rules,
-    check_float,
     rules_for,
 )
 from flaxinit.rules import fill
@@ -47,7 +47,7 @@ def dcgan(
       ('reinit(normal(stddev=0.02, mean=1))',)
     """
     r = "dcgan"
-    std = check_float(std, r, "std", nonnegative=True)
+    std = check_number(std, r, "std", at_least=0)
     return [
         *rules_for(kernels, normal(std), r, "kernels"),
         *rules_for(norm_scales, normal(std, mean=1.0), r, "norm_scales"),
@@ -81,8 +81,8 @@ def dcgan_he(
       ('batch_stats/bn2/mean', 'batch_stats/bn2/var')
     """
     r = "dcgan_he"
-    slope = check_float(negative_slope, r, "negative_slope", nonnegative=True)
-    norm_std = check_float(norm_std, r, "norm_std", nonnegative=True)
+    slope = check_number(negative_slope, r, "negative_slope", at_least=0)
+    norm_std = check_number(norm_std, r, "norm_std", at_least=0)
     he = kaiming_normal(a=slope, mode="fan_in", nonlinearity="leaky_relu")
     return [
         *rules_for(kernels, he, r, "kernels"),

@@ -10,13 +10,13 @@ import math
 
 import numpy as np
 
+from flaxinit._checks import check_bool, check_choice, check_number
 from flaxinit.recipes._common import (
     BIAS,
     HEAD_BIAS,
     Patterns,
     Rules,
     as_float_array,
-    check_float,
     rules_for,
 )
 from flaxinit.rules import fill
@@ -60,8 +60,7 @@ def prior_bias(
       2.197
     """
     r = "prior_bias"
-    if activation not in _ACTIVATIONS:
-        raise ValueError(f"{r}: activation must be one of {_ACTIVATIONS}, got {activation!r}")
+    check_choice(activation, r, "activation", _ACTIVATIONS)
     p = as_float_array(class_priors, r, "class_priors")
     if p.size == 0:
         raise ValueError(f"{r}: class_priors is empty")
@@ -95,7 +94,7 @@ def positive_bias(value: float = 0.1, *, biases: Patterns = BIAS) -> Rules:
       >>> from flaxinit.recipes import positive_bias
       >>> rules = positive_bias(0.1, biases="hidden_*/bias")
     """
-    value = check_float(value, "positive_bias", "value", positive=True)
+    value = check_number(value, "positive_bias", "value", above=0)
     return rules_for(biases, fill(value), "positive_bias", "biases")
 
 
@@ -113,6 +112,5 @@ def unit_variance(*, params: Patterns = "variance", log_space: bool = False) -> 
       >>> from flaxinit.recipes import unit_variance
       >>> rules = unit_variance(params="log_var", log_space=True)
     """
-    if not isinstance(log_space, bool):
-        raise TypeError(f"unit_variance: log_space must be a bool, got {log_space!r}")
+    log_space = check_bool(log_space, "unit_variance", "log_space")
     return rules_for(params, fill(0.0 if log_space else 1.0), "unit_variance", "params")

@@ -20,8 +20,9 @@ from typing import Any
 
 import jax
 
+from flaxinit._checks import check_bool, check_number
 from flaxinit.initializers import blockwise, orthogonal, xavier_uniform
-from flaxinit.recipes._common import Patterns, Rules, check_float, rules_for
+from flaxinit.recipes._common import Patterns, Rules, rules_for
 from flaxinit.rules import at, fill
 from flaxinit.rules.actions import Action, RuleContext, to_action
 
@@ -135,9 +136,8 @@ def lstm(
       (Array([1., 1., 1., 1.], dtype=float32), Array([0., 0., 0., 0.], dtype=float32))
     """
     r = "lstm"
-    forget_bias = check_float(forget_bias, r, "forget_bias")
-    if not isinstance(fused, bool):
-        raise TypeError(f"{r}: fused must be a bool, got fused={fused!r}")
+    forget_bias = check_number(forget_bias, r, "forget_bias")
+    fused = check_bool(fused, r, "fused")
     if fused:
         defaults = ("dense_i/kernel", "dense_h/kernel", "dense_h/bias", "dense_h/bias")
         xavier = blockwise(xavier_uniform(), _GATES)

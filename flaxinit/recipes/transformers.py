@@ -35,11 +35,12 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from flaxinit._checks import check_int, check_number
 from flaxinit.initializers import (
     lecun_normal,
     normal,
-    trunc_normal,
     truncated_normal,
+    truncated_normal_between,
     xavier_normal,
     xavier_uniform,
 )
@@ -59,8 +60,6 @@ from flaxinit.recipes._common import (
     LayerInit,
     Patterns,
     Rules,
-    check_float,
-    check_positive_int,
     fmt,
     layer_init,
     norm_gain,
@@ -150,8 +149,8 @@ def transformer(
       ``apply_rules(model, transformer(2), key=key)`` then re-draws (a new model).
     """
     r = "transformer"
-    L = check_positive_int(num_layers, r, "num_layers")
-    embedding_std = check_float(embedding_std, r, "embedding_std", nonnegative=True)
+    L = check_int(num_layers, r, "num_layers", at_least=1)
+    embedding_std = check_number(embedding_std, r, "embedding_std", at_least=0)
     gain = 1 / math.sqrt(2 * L)
     xin = layer_init(lambda _: xavier_uniform(), "in", "xavier_uniform", L)
     xout = layer_init(
@@ -225,8 +224,8 @@ def gpt2(
       ('reinit(normal(stddev=0.02))', 'normal(0.01)')
     """
     r = "gpt2"
-    L = check_positive_int(num_layers, r, "num_layers")
-    std = check_float(std, r, "std", nonnegative=True)
+    L = check_int(num_layers, r, "num_layers", at_least=1)
+    std = check_number(std, r, "std", at_least=0)
     out = std / math.sqrt(2 * L)
     return _gpt_family(r, std, out, std, L, kernels, embeddings, residual, biases, norm_scales)
 
@@ -265,9 +264,9 @@ def megatron(
       >>> rules = megatron(0.02, num_layers=24)
     """
     r = "megatron"
-    sigma = check_float(sigma, r, "sigma", nonnegative=True)
-    L = check_positive_int(num_layers, r, "num_layers")
-    emb = sigma if embedding_std is None else check_float(embedding_std, r, "embedding_std")
+    sigma = check_number(sigma, r, "sigma", at_least=0)
+    L = check_int(num_layers, r, "num_layers", at_least=1)
+    emb = sigma if embedding_std is None else check_number(embedding_std, r, "embedding_std")
     out = sigma / math.sqrt((1.0 if hybrid else 2.0) * L)
     return _gpt_family(r, sigma, out, emb, L, kernels, embeddings, residual, biases, norm_scales)
 
@@ -296,7 +295,7 @@ def bert(
       >>> rules = bert(tf_truncated=True)
     """
     r = "bert"
-    std = check_float(std, r, "std", nonnegative=True)
+    std = check_number(std, r, "std", at_least=0)
     init = truncated_normal(std) if tf_truncated else normal(std)
     return [
         *rules_for(kernels, init, r, "kernels"),
@@ -346,20 +345,20 @@ def llama_depth_init(
       ('per layer(axis 0, 2 layers): trunc_normal(0.02/sqrt(2(l+1)))',)
     """
     r = "llama_depth_init"
-    L = None if num_layers is None else check_positive_int(num_layers, r, "num_layers")
-    std = check_float(std, r, "std", positive=True)
-    embedding_std = check_float(embedding_std, r, "embedding_std", nonnegative=True)
+    L = None if num_layers is None else check_int(num_layers, r, "num_layers", at_least=1)
+    std = check_number(std, r, "std", above=0)
+    embedding_std = check_number(embedding_std, r, "embedding_std", at_least=0)
 
     def depth(layer):
-        return trunc_normal(std=std / math.sqrt(2 * (layer.layer + 1)))
+        return truncated_normal_between(std=std / math.sqrt(2 * (layer.layer + 1)))
 
     def head_init(layer):
         s = 1 / math.sqrt(layer.fan_in)
-        return trunc_normal(std=s, a=-3 * s, b=3 * s)
+        return truncated_normal_between(std=s, minval=-3 * s, maxval=3 * s)
 
     name = f"trunc_normal({fmt(std)}/sqrt(2(l+1)))"
     return [
-        *rules_for(in_projections, trunc_normal(std=std), r, "in_projections"),
+        *rules_for(in_projections, truncated_normal_between(std=std), r, "in_projections"),
         *rules_for(depth_scaled, layer_init(depth, "flax", name, L), r, "depth_scaled"),
         *rules_for(embeddings, normal(embedding_std), r, "embeddings"),
         *rules_for(head, _single(head_init, "trunc_normal(d^-1/2, ±3σ)"), r, "head"),
@@ -402,11 +401,11 @@ def olmo_mitchell(
       >>> rules = olmo_mitchell()
     """
     r = "olmo_mitchell"
-    L = None if num_layers is None else check_positive_int(num_layers, r, "num_layers")
-    c = check_float(cutoff, r, "cutoff", positive=True)
+    L = None if num_layers is None else check_int(num_layers, r, "num_layers", at_least=1)
+    c = check_number(cutoff, r, "cutoff", above=0)
 
     def tn(s):
-        return trunc_normal(std=s, a=-c * s, b=c * s)
+        return truncated_normal_between(std=s, minval=-c * s, maxval=c * s)
 
     def attn_init(layer):
         return tn(1 / math.sqrt(2 * layer.fan_out * (layer.layer + 1)))
@@ -472,9 +471,9 @@ def t5(
       >>> rules = t5()
     """
     r = "t5"
-    f = check_float(factor, r, "factor", positive=True)
+    f = check_number(factor, r, "factor", above=0)
     if head_dim is not None:
-        head_dim = check_positive_int(head_dim, r, "head_dim")
+        head_dim = check_int(head_dim, r, "head_dim", at_least=1)
 
     def q_init(layer):
         shape = layer.ctx.shape
@@ -538,8 +537,8 @@ def deepnorm_constants(N: int, M: int) -> DeepNormConstants:
       (2.213, 0.319)
     """
     r = "deepnet"
-    N = check_positive_int(N, r, "N", minimum=0)
-    M = check_positive_int(M, r, "M", minimum=0)
+    N = check_int(N, r, "N", at_least=0)
+    M = check_int(M, r, "M", at_least=0)
     if N == 0 and M == 0:
         raise ValueError("deepnet: N (encoder layers) and M (decoder layers) are both 0")
     if M == 0:
@@ -666,7 +665,7 @@ def wang_init(num_layers: int, *, outputs: Patterns = (ATTN_OUT, MLP_OUT)) -> Ru
       >>> rules = wang_init(num_layers=44)
     """
     r = "wang_init"
-    L = check_positive_int(num_layers, r, "num_layers")
+    L = check_int(num_layers, r, "num_layers", at_least=1)
     action = layer_init(
         lambda lyr: normal(2 / (L * math.sqrt(lyr.fan_out))), "out", "normal(2/(L sqrt(d)))", L
     )
@@ -689,7 +688,8 @@ def vit(
 ) -> Rules:
     """ViT: kernels and position embeddings ``trunc_normal(0.02, ±2)``, zero head.
 
-    * every kernel: ``trunc_normal(std=0.02, a=-2, b=2)``, PyTorch/timm's convention:
+    * every kernel: ``truncated_normal_between(std=0.02, minval=-2, maxval=2)``
+      (PyTorch's ``trunc_normal_``), timm's convention:
       *absolute* bounds, so practically untruncated and the std is 0.02 (jax's
       ``truncated_normal(0.02)`` cuts at ±2σ and has std 0.0176);
     * the patch-embedding conv: LeCun normal (the JAX reference, timm's ``jax`` mode);
@@ -708,13 +708,13 @@ def vit(
       >>> model = ViT(image_size=8, patch_size=4, d_model=16, num_layers=1)
       >>> shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.ones((1, 8, 8, 3)))
       >>> explain_rules(shapes, vit()).by_path()["params/head/kernel"].actions
-      ('reinit(trunc_normal(std=0.02))', 'fill(0.0)')
+      ('reinit(truncated_normal_between(std=0.02))', 'fill(0.0)')
     """
     r = "vit"
-    std = check_float(std, r, "std", positive=True)
-    cls_std = check_float(cls_std, r, "cls_std", nonnegative=True)
-    head_bias = check_float(head_bias, r, "head_bias")
-    tn = trunc_normal(std=std)
+    std = check_number(std, r, "std", above=0)
+    cls_std = check_number(cls_std, r, "cls_std", at_least=0)
+    head_bias = check_number(head_bias, r, "head_bias")
+    tn = truncated_normal_between(std=std)
     cls_action = normal(cls_std) if cls_std > 0 else fill(0.0)
     return [
         *rules_for(kernels, tn, r, "kernels"),

@@ -123,3 +123,46 @@ def test_matches_jax_float32():
         fi.delta_orthogonal()(KEY, (3, 3, 8, 16)),
         jax.nn.initializers.delta_orthogonal()(KEY, (3, 3, 8, 16)),
     )
+
+
+# Bad arguments raise when the initializer is built, naming the argument and its value.
+@pytest.mark.parametrize(
+    ("build", "error", "match"),
+    [
+        (lambda: fi.orthogonal(-1.0), ValueError, "scale must be >= 0"),
+        (lambda: fi.orthogonal(math.nan), ValueError, "finite"),
+        (lambda: fi.orthogonal(column_axis=(0, 1)), TypeError, "column_axis"),
+        (lambda: fi.delta_orthogonal(math.inf), ValueError, "finite"),
+    ],
+)
+def test_errors_at_build_time(build, error, match):
+    with pytest.raises(error, match=match):
+        build()
+
+
+# Shape-dependent problems raise at the call.
+@pytest.mark.parametrize(
+    ("init", "shape", "dtype", "error", "match"),
+    [
+        (fi.orthogonal(), (5,), jnp.float32, ValueError, "at least 2"),
+        (fi.orthogonal(batch_axis=0), (3, 4), jnp.float32, ValueError, "at least 2 dimensions"),
+        (
+            fi.orthogonal(column_axis=0, batch_axis=0),
+            (3, 4, 4),
+            jnp.float32,
+            ValueError,
+            "also a batch_axis",
+        ),
+        (
+            fi.delta_orthogonal(),
+            (3, 3, 8, 4),
+            jnp.float32,
+            ValueError,
+            "in_channels <= out_channels",
+        ),
+        (fi.delta_orthogonal(), (8, 8), jnp.float32, ValueError, "3-D, 4-D or 5-D"),
+    ],
+)
+def test_errors_at_call_time(init, shape, dtype, error, match):
+    with pytest.raises(error, match=match):
+        init(KEY, shape, dtype)

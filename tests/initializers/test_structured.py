@@ -2,7 +2,6 @@
 
 import math
 
-import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -108,32 +107,32 @@ def test_sparse_too_many_nonzero():
         fi.sparse(nonzero=5)(KEY, (4, 3))
 
 
-def test_combinators():
-    x = fi.scaled(fi.ones, 3.0)(KEY, (2, 2))
-    chex.assert_trees_all_equal(x, jnp.full((2, 2), 3.0))
-    stack = np.asarray(fi.stacked(fi.orthogonal())(KEY, (5, 8, 8)), dtype=np.float64)
-    keys = jax.random.split(KEY, 5)
-    for i in range(5):
-        np.testing.assert_allclose(stack[i], fi.orthogonal()(keys[i], (8, 8)), atol=1e-6)
-    stack_last = fi.stacked(fi.he_normal(), axis=-1)(KEY, (8, 8, 5))
-    assert stack_last.shape == (8, 8, 5)
+# Bad arguments raise when the initializer is built, naming the argument and its value.
+@pytest.mark.parametrize(
+    ("build", "error", "match"),
+    [
+        (lambda: fi.sparse(), ValueError, "exactly one of sparsity"),
+        (lambda: fi.sparse(sparsity=0.5, nonzero=3), ValueError, "exactly one of sparsity"),
+        (lambda: fi.sparse(sparsity=1.0), ValueError, "sparsity must be < 1, got sparsity=1.0"),
+        (lambda: fi.sparse(nonzero=0), ValueError, "nonzero must be an int >= 1, got nonzero=0"),
+        (lambda: fi.dirac(groups=0), ValueError, "groups must be an int >= 1, got groups=0"),
+    ],
+)
+def test_errors_at_build_time(build, error, match):
+    with pytest.raises(error, match=match):
+        build()
 
 
-def test_blockwise_lstm_gates_orthogonal():
-    hidden = 16
-    w = np.asarray(fi.blockwise(fi.orthogonal(), 4)(KEY, (hidden, 4 * hidden)), dtype=np.float64)
-    for gate in range(4):
-        block = w[:, gate * hidden : (gate + 1) * hidden]
-        np.testing.assert_allclose(block.T @ block, np.eye(hidden), atol=1e-5)
-    fused = np.asarray(fi.orthogonal()(KEY, (hidden, 4 * hidden)), dtype=np.float64)
-    block = fused[:, :hidden]
-    assert not np.allclose(block.T @ block, np.eye(hidden), atol=0.1)
-
-
-def test_blockwise_packed_qkv_fans():
-    embed = 256
-    w = np.asarray(fi.blockwise(fi.xavier_normal(), 3)(KEY, (embed, 3 * embed)), dtype=np.float64)
-    # Each block has the fans of one (E, E) projection: std sqrt(2 / 2E).
-    for i in range(3):
-        block = w[:, i * embed : (i + 1) * embed]
-        assert abs(block.std() / math.sqrt(1 / embed) - 1) < 6 / math.sqrt(2 * block.size)
+# Shape-dependent problems raise at the call.
+@pytest.mark.parametrize(
+    ("init", "shape", "dtype", "error", "match"),
+    [
+        (fi.sparse(nonzero=1), (5,), jnp.float32, ValueError, "at least 2"),
+        (fi.identity(), (3, 3, 4, 4), jnp.float32, ValueError, "use dirac"),
+        (fi.dirac(groups=3), (3, 3, 4, 8), jnp.float32, ValueError, "groups=3"),
+        (fi.dirac(), (4, 4), jnp.float32, ValueError, "spatial"),
+    ],
+)
+def test_errors_at_call_time(init, shape, dtype, error, match):
+    with pytest.raises(error, match=match):
+        init(KEY, shape, dtype)

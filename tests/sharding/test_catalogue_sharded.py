@@ -14,12 +14,12 @@ from jax.sharding import PartitionSpec as P
 import flaxinit as fi
 from flaxinit.sharding import init_sharded, memory_stats, nnx_init_sharded
 
-# stacked(...) and blockwise(...) of orthogonal run a *batched* QR. jaxlib 0.10.2's
+# layerwise(...) and blockwise(...) of orthogonal run a *batched* QR. jaxlib 0.10.2's
 # CPU LAPACK kernels fan a batch out on XLA:CPU's intra-op thread pool and block
 # waiting for it, which deadlocks when 8 simulated devices run the QR at once
 # (gdb: BlockingCounter::Wait under jax::ParallelBatchMap; fixed in jaxlib 0.11).
 # They are sharded-equality tested by tests/initializers on small shapes.
-BATCHED_QR = {"stacked", "blockwise"}
+BATCHED_QR = {"layerwise", "blockwise"}
 ENTRIES = [e for e in _helpers.CATALOGUE if e[0] not in BATCHED_QR]
 
 

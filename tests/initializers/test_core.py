@@ -1,6 +1,13 @@
-"""Factories used as initializers, jax-style positional calls, and gain=0: each raises a
-TypeError/ValueError that names the factory and the fix, instead of blaming another
-argument or returning silently wrong weights."""
+"""flaxinit.initializers._core: the rules every factory and initializer share.
+
+* Factory misuse: factories used as initializers, jax-style positional calls, and
+  gain=0 each raise a TypeError/ValueError that names the factory and the fix, instead
+  of blaming another argument or returning silently wrong weights.
+* Default dtype: one rule for every initializer and combinator, jax's: with no dtype
+  given, float32, or float64 under ``jax_enable_x64`` (``dtypes.default_float_dtype()``,
+  read when the initializer is called); a factory's ``dtype=`` is the default instead,
+  and combinators leave the default to the initializer they wrap.
+"""
 
 import inspect
 import math
@@ -10,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import CATALOGUE
 from flax import nnx
 
 import flaxinit as fi
@@ -18,7 +26,14 @@ import flaxinit.initializers as fii
 KEY = jax.random.key(0)
 
 # Everything the catalogue exports that is not itself an initializer or a helper.
-NOT_FACTORIES = {"Initializer", "calculate_gain", "compute_fans", "truncated_std", "zeros", "ones"}
+NOT_FACTORIES = {
+    "Initializer",
+    "calculate_gain",
+    "compute_fans",
+    "truncated_normal_std",
+    "zeros",
+    "ones",
+}
 FACTORIES = sorted(set(fii.__all__) - NOT_FACTORIES)
 
 KEYS = {
@@ -41,7 +56,7 @@ def test_the_factory_list_is_the_catalogue():
 @pytest.mark.parametrize("name", FACTORIES)
 @pytest.mark.parametrize("key_kind", sorted(KEYS))
 def test_factory_called_with_a_key_says_call_it_first(name, key_kind):
-    factory = getattr(fi, name)
+    factory = getattr(fii, name)
     with pytest.raises(TypeError) as info:
         factory(KEYS[key_kind], (4, 4), jnp.float32)
     message = str(info.value)
@@ -51,7 +66,9 @@ def test_factory_called_with_a_key_says_call_it_first(name, key_kind):
         if p.default is inspect.Parameter.empty
         and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]
-    call = f"fi.{name}(...)" if required else f"fi.{name}()"
+    # The name as the user reaches it: the combinators are in fi.initializers only.
+    where = "fi." if name in fi.__all__ else "fi.initializers."
+    call = f"{where}{name}(...)" if required else f"{where}{name}()"
     assert f"did you mean {call}?" in message, message
     assert "PRNG key" in message
 
@@ -61,8 +78,9 @@ def test_factory_called_like_a_rule_action_without_key(name):
     # The rules engine calls a plain callable as fn(key, leaf, ctx); without key= the
     # key is None, and the RuleContext gives the misuse away.
     params = {"kernel": jnp.zeros((4, 4))}
-    with pytest.raises(TypeError, match=rf"did you mean fi\.{name}\("):
-        fi.apply_rules(params, [("kernel", getattr(fi, name))])
+    where = r"fi\." if name in fi.__all__ else r"fi\.initializers\."
+    with pytest.raises(TypeError, match=rf"did you mean {where}{name}\("):
+        fi.apply_rules(params, [("kernel", getattr(fii, name))])
 
 
 @pytest.mark.parametrize("key", [jax.random.key(0), jax.random.PRNGKey(0)])
@@ -152,7 +170,7 @@ def test_zero_gain_needs_allow_zero(name, gain):
 
 
 def test_allow_zero_must_be_a_bool():
-    with pytest.raises(TypeError, match="allow_zero must be a bool"):
+    with pytest.raises(TypeError, match="allow_zero must be a bool, got allow_zero='yes'"):
         fi.xavier_uniform(gain=0.0, allow_zero="yes")
 
 
@@ -201,3 +219,81 @@ def test_orthogonal_batch_axis_is_keyword_only():
         fi.orthogonal(1.0, -1, 0, jnp.float32)
     q = fi.orthogonal(batch_axis=0)(KEY, (2, 4, 4))
     assert q.shape == (2, 4, 4)
+
+
+# ----------------------------------------------------------------- default dtype
+
+IDS = [entry[0] for entry in CATALOGUE]
+
+
+def shape_for(entry):
+    return (4, 4) if entry[3] == 2 else (3, 4, 4)
+
+
+@pytest.fixture(params=[False, True], ids=["x32", "x64"])
+def x64(request):
+    with jax.enable_x64(request.param):
+        yield request.param
+
+
+@pytest.mark.parametrize("entry", CATALOGUE, ids=IDS)
+def test_default_dtype_follows_jax(entry, x64):
+    init = entry[1]
+    expected = np.dtype(jnp.float64 if x64 else jnp.float32)
+    # jax's own rule, read from the installed jax.
+    assert jax.nn.initializers.zeros(None, (1,)).dtype == expected
+    assert init(jax.random.key(0), shape_for(entry)).dtype == expected
+    assert init(jax.random.key(0), shape_for(entry), None).dtype == expected
+
+
+@pytest.mark.parametrize("entry", CATALOGUE, ids=IDS)
+def test_explicit_dtype_wins_under_x64(entry, x64):
+    x = entry[1](jax.random.key(0), shape_for(entry), jnp.float32)
+    assert x.dtype == jnp.float32
+
+
+COMBINATORS = [
+    ("scaled", lambda init: fii.scaled(init, 0.5)),
+    ("layerwise", lambda init: fii.layerwise(init)),
+    ("blockwise", lambda init: fii.blockwise(init, 2)),
+]
+INNER = [
+    ("he_normal", fi.he_normal),
+    ("normal", lambda dtype: fi.normal(0.1, dtype)),
+    ("orthogonal", lambda dtype: fi.orthogonal(dtype=dtype)),
+    ("constant", lambda dtype: fi.constant(0.5, dtype)),
+]
+
+
+@pytest.mark.parametrize(("combinator", "wrap"), COMBINATORS, ids=[c for c, _ in COMBINATORS])
+@pytest.mark.parametrize(("inner", "make"), INNER, ids=[n for n, _ in INNER])
+def test_combinators_keep_the_wrapped_default(combinator, wrap, inner, make, x64):
+    key, shape = jax.random.key(0), (2, 4, 4)
+    float_ = np.dtype(jnp.float64 if x64 else jnp.float32)
+    if inner == "he_normal":
+        plain = wrap(make())
+        custom = wrap(make(dtype=jnp.bfloat16))
+    else:
+        plain, custom = wrap(make(None)), wrap(make(jnp.bfloat16))
+    assert plain(key, shape).dtype == float_
+    assert custom(key, shape).dtype == jnp.bfloat16
+    assert custom(key, shape, jnp.float16).dtype == jnp.float16
+
+
+def test_x64_matches_the_explicit_float64_draw():
+    with jax.enable_x64(True):
+        default = fii.scaled(fi.he_normal(), 0.5)(jax.random.key(0), (8, 8))
+        explicit = fii.scaled(fi.he_normal(), 0.5)(jax.random.key(0), (8, 8), jnp.float64)
+    np.testing.assert_array_equal(default, explicit)
+
+
+def test_flax_passes_its_param_dtype_unchanged():
+    import flax.linen as nn
+
+    with jax.enable_x64(True):
+        params = nn.Dense(3, kernel_init=fii.scaled(fi.he_normal(), 0.5), bias_init=fi.zeros).init(
+            jax.random.key(0), jnp.ones((1, 2))
+        )
+    # Flax's param_dtype default is float32 and it passes it explicitly.
+    assert params["params"]["kernel"].dtype == jnp.float32
+    assert params["params"]["bias"].dtype == jnp.float32
