@@ -189,7 +189,7 @@ class LayerInit(Action):
                 "(layers_3, blocks_3, h_3, blocks/3), the rule took the leaf for a stack "
                 "of layers along axis 0: rename the blocks or override the pattern"
             )
-        if ctx.stacked and self.num_layers is not None and ctx.num_layers != self.num_layers:
+        if ctx.is_layer_slice and self.num_layers is not None and ctx.num_layers != self.num_layers:
             raise ValueError(
                 f"{self.name}: the leaf at {ctx.path!r} was taken for a stack of "
                 f"{ctx.num_layers} layers along axis 0, but the recipe was built for "
