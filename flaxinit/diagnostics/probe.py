@@ -197,7 +197,8 @@ class _Recorder:
                 f"diagnostics: layer {path!r} runs inside a JAX transform of the model "
                 "(nn.scan, nnx.scan, nn.remat, vmap): its output cannot be recorded from "
                 "outside that transform. Diagnose an unrolled copy of the model (e.g. the "
-                "zoo's scan=False); weight_stats(..., stacked=...) reads stacked weights per layer"
+                "zoo's scan=False); weight_stats(..., layer_stacks=...) reads stacked weights "
+                "per layer"
             )
         if self.perturbations is not None:
             # A zero added here: its gradient is dLoss/d(output) of this site.

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from flaxinit._deprecation import warn_renamed
 from flaxinit.diagnostics import probe, records
 from flaxinit.diagnostics.activations import l2_norm
 from flaxinit.rules.patterns import compile_pattern
@@ -177,19 +178,19 @@ def weight_records(
     params: Any,
     duplicate_tol: float,
     modules: Sequence[str] = (),
-    stacked: Sequence[str] = (),
+    layer_stacks: Sequence[str] = (),
     layouts: Layouts = (),
 ) -> records.Packed:
     """The records of every weight (see :func:`is_weight`), packed; call inside a trace.
 
     Leaves are ordered by their module's position in ``modules`` (first-call order),
     then by path, with numbers compared as numbers. A weight whose path matches one of
-    the ``stacked`` patterns (the rules' glob language) holds a stack of layers on its
+    the ``layer_stacks`` patterns (the rules' glob language) holds a stack of layers on its
     leading axis: each layer gets its own record, ``path[i]``. Matrices of one shape are
     stacked and share one SVD loop and one batched sort: a deep stack of equal layers
     compiles a few ops instead of a few per layer.
     """
-    patterns = [compile_pattern(pattern) for pattern in stacked]
+    patterns = [compile_pattern(pattern) for pattern in layer_stacks]
     used = [False] * len(patterns)
     leaves = []
     by_path = {layout[0]: layout for layout in layouts}
@@ -211,15 +212,15 @@ def weight_records(
             used[n] = True
         if p.ndim < 3:
             raise ValueError(
-                f"weight_stats: {path!r} matches stacked={stacked[hit[0]]!r} but has shape "
-                f"{tuple(p.shape)}: a stack of weight matrices has 3 or more axes, the layer "
+                f"weight_stats: {path!r} matches layer_stacks={layer_stacks[hit[0]]!r} but has "
+                f"shape {tuple(p.shape)}: a stack of weight matrices has 3 or more axes, the layer "
                 "axis first"
             )
         leaves += [(f"{path}[{i}]", p[i]) for i in range(p.shape[0])]
-    unused = [stacked[n] for n, u in enumerate(used) if not u]
+    unused = [layer_stacks[n] for n, u in enumerate(used) if not u]
     if unused:
         raise ValueError(
-            f"weight_stats: stacked pattern(s) {unused} matched no weight; weights: "
+            f"weight_stats: layer_stacks pattern(s) {unused} matched no weight; weights: "
             f"{[path for path, _ in leaves][:10]}"
         )
     leaves.sort(key=lambda t: (probe.module_rank(t[0], modules), probe.natural_key(t[0])))
@@ -230,12 +231,11 @@ def weight_records(
     names = records.numeric_fields(WeightRecord)
     blocks, order = [], []
     for idx in groups.values():
-        stacked = jnp.stack([views[i] for i in idx])
-        # One SVD at a time in a loop, not one batched SVD: on a 2-core CPU, a batched SVD
-        # inside the full report of a 4-block GPT hung (every XLA thread idle, the result
-        # never ready), reproducibly; the loop did not.
-        svals = jax.lax.map(singular_values, stacked)
-        batched = jax.vmap(lambda w, s: matrix_stats(w, duplicate_tol, s))(stacked, svals)
+        same_shape = jnp.stack([views[i] for i in idx])
+        # One SVD at a time in a loop, not one batched SVD: a batched SVD inside the full
+        # report could hang on CPU (benchmarks/README.md, "Diagnostics").
+        svals = jax.lax.map(singular_values, same_shape)
+        batched = jax.vmap(lambda w, s: matrix_stats(w, duplicate_tol, s))(same_shape, svals)
         blocks.append(jnp.stack([batched[n].astype(jnp.float32) for n in names], axis=1))
         order += idx
     values = jnp.zeros((0, len(names)), jnp.float32)
@@ -256,16 +256,20 @@ def weight_records(
 
 
 @jax.jit(static_argnums=(1, 2, 3))
-def _weight_pass(params, duplicate_tol, stacked, layouts):
-    return weight_records(params, duplicate_tol, stacked=stacked, layouts=layouts)
+def _weight_pass(params, duplicate_tol, layer_stacks, layouts):
+    return weight_records(params, duplicate_tol, layer_stacks=layer_stacks, layouts=layouts)
+
+
+_UNSET = object()
 
 
 def weight_stats(
     tree: Any,
     *,
     duplicate_tol: float = DEFAULT_DUPLICATE_TOL,
-    stacked: str | Sequence[str] | None = None,
+    layer_stacks: str | Sequence[str] | None = None,
     structure: Any = None,
+    stacked: Any = _UNSET,
 ) -> tuple[WeightRecord, ...]:
     """Per weight matrix: mean, std, ``std * sqrt(fan_in)``, singular values, rank, duplicates.
 
@@ -279,7 +283,7 @@ def weight_stats(
         module (its ``nnx.Param`` state), an ``nnx.State``, or any pytree of arrays.
       duplicate_tol: rows or columns within ``duplicate_tol * max|W|`` of each other
         (max-norm) count as duplicates.
-      stacked: glob pattern(s) (the rules' language) of weights that hold a stack of
+      layer_stacks: glob pattern(s) (the rules' language) of weights that hold a stack of
         layers on their leading axis (``nn.scan`` / ``nnx.vmap`` stacks, e.g.
         ``"**/blocks/**"``): each layer gets its own record, ``path[i]``, instead of one
         record for the stack folded into a single matrix. A pattern that matches no
@@ -290,6 +294,8 @@ def weight_stats(
         per index of its batch axes (layers of a scanned stack, experts, the parts of a
         fused projection): a Gemma-style ``(heads, d, head_dim)`` query kernel is a
         ``(d, heads * head_dim)`` matrix, so ``gain`` is ``std * sqrt(d)``.
+      stacked: the old name of ``layer_stacks``, deprecated (a ``DeprecationWarning``);
+        it keeps working for one release.
 
     Returns:
       A tuple of :class:`WeightRecord`, ordered by path with numbers compared as numbers.
@@ -304,20 +310,25 @@ def weight_stats(
         tree = nnx.state(tree, nnx.Param)
     elif isinstance(tree, dict) and "params" in tree:
         tree = tree["params"]
-    if stacked is None:
-        stacked = ()
-    elif isinstance(stacked, str):
-        stacked = (stacked,)
+    if stacked is not _UNSET:
+        warn_renamed("weight_stats(stacked=...)", "weight_stats(layer_stacks=...)")
+        if layer_stacks is not None:
+            raise TypeError("weight_stats: pass layer_stacks= only (stacked= is its old name)")
+        layer_stacks = stacked
+    if layer_stacks is None:
+        layer_stacks = ()
+    elif isinstance(layer_stacks, str):
+        layer_stacks = (layer_stacks,)
     else:
-        stacked = tuple(stacked)
-    for pattern in stacked:
+        layer_stacks = tuple(layer_stacks)
+    for pattern in layer_stacks:
         if not isinstance(pattern, str):
             raise TypeError(
-                f"weight_stats: stacked patterns must be strings, got {type(pattern).__name__}"
+                f"weight_stats: layer_stacks patterns must be strings, got {type(pattern).__name__}"
             )
         compile_pattern(pattern)  # a malformed pattern fails here, not inside the trace
     layouts = structure_layouts(structure)
-    if layouts and stacked:
-        raise ValueError("weight_stats: pass stacked= or structure=, not both")
+    if layouts and layer_stacks:
+        raise ValueError("weight_stats: pass layer_stacks= or structure=, not both")
     with probe.blas_single_threaded():
-        return records.unpack(_weight_pass(tree, float(duplicate_tol), stacked, layouts))
+        return records.unpack(_weight_pass(tree, float(duplicate_tol), layer_stacks, layouts))

@@ -7,7 +7,8 @@ once per test session).
 import jax
 import pytest
 
-from flaxinit.diagnostics import MLP, digits
+from flaxinit.diagnostics import digits
+from flaxinit.models import MLP
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +20,7 @@ def batch():
 @pytest.fixture(scope="session")
 def deep_mlp():
     """The doctor's default model: 30 hidden ReLU layers of width 256, then 10 outputs."""
-    return MLP(depth=30, width=256, activation="relu")
+    return MLP((256,) * 30, 10, activation="relu")
 
 
 @pytest.fixture(scope="session")

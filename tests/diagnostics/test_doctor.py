@@ -30,7 +30,7 @@ def _verdicts(out):
 def test_no_arguments_compares_the_schemes(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     # A new scheme is one registry entry: the no-argument comparison picks it up.
-    half_he = doctor.from_initializer(fi.scaled(fi.he_normal(), 0.5))
+    half_he = doctor.from_initializer(fi.initializers.scaled(fi.he_normal(), 0.5))
     monkeypatch.setitem(doctor.SCHEMES, "half_he", half_he)
     assert doctor.main([]) == 0
     out = capsys.readouterr().out
@@ -59,7 +59,7 @@ def test_cli_with_arguments_in_a_subprocess(tmp_path):
     # One scheme: its per-layer table, one row per Conv and the head.
     assert "== he_normal ==" in done.stdout
     assert "2-layer relu CNN" in done.stdout
-    for layer in ("Conv_0", "Conv_1", "Dense_0"):
+    for layer in ("conv_0", "conv_1", "head"):
         assert layer in done.stdout
     for name in ("depth_profile.svg", "histograms.svg"):
         assert "<svg" in (tmp_path / name).read_text()
@@ -71,7 +71,7 @@ def test_gpt_zero_init_in_process(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "1-block GPT" in out
     # One scheme: the per-layer table lists the attention projections and the MLP.
-    for layer in ("Block_0/MultiHeadDotProductAttention_0/query", "Block_0/Dense_1"):
+    for layer in ("blocks_0/attn/query", "blocks_0/mlp/fc2"):
         assert layer in out
     verdicts = _verdicts(out)
     assert list(verdicts) == ["zeros"]
@@ -239,7 +239,7 @@ def test_user_factory_and_labels_from_files_match_the_python_api(user_models, tm
     assert str(report) in out
     assert str(report).startswith(report.table())
     assert list(report.reports) == ["own_init", "normal:0.01"]
-    assert all(isinstance(r, fi.HealthReport) for r in report.reports.values())
+    assert all(isinstance(r, fi.diagnostics.HealthReport) for r in report.reports.values())
     assert report.alive == ("own_init",)
     assert report.best == "own_init"
     assert "vanish" in report.verdicts()["normal:0.01"]

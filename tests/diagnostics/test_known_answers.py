@@ -7,12 +7,8 @@ import pytest
 from flax import nnx
 
 import flaxinit as fi
-from flaxinit.diagnostics import (
-    NNXMLP,
-    Thresholds,
-    findings,
-    health_report,
-)
+from flaxinit.diagnostics import Thresholds, findings, health_report
+from flaxinit.models import NNXMLP
 
 DRIFT = {
     "vanishing_activations",
@@ -33,8 +29,8 @@ def nnx_mlp(kernel_init, depth=8, width=64, activation="relu", model=None):
     than passed to its constructor. The NNX graph then stays the same for every
     initializer, so the jitted pass compiles once per depth, width and activation.
     """
-    model = model or NNXMLP(64, depth, width, activation, rngs=nnx.Rngs(0))
-    layers = [*model.layers, model.head]
+    model = model or NNXMLP(64, (width,) * depth, 10, activation=activation, rngs=nnx.Rngs(0))
+    layers = [*model.hidden, model.head]
     for key, layer in zip(jax.random.split(jax.random.key(0), len(layers)), layers, strict=True):
         layer.kernel[...] = kernel_init(key, layer.kernel.shape)
     return model
@@ -65,12 +61,12 @@ def test_xavier_on_deep_relu_is_flagged_vanishing(xavier_report):
     # 29 steps from hidden layer 1 to 30. The finite width adds a few percent per layer,
     # so allow a factor 10.
     layers = xavier_report.profile
-    assert [r.path for r in layers] == [f"Dense_{i}" for i in range(30)]  # not the readout
+    assert [r.path for r in layers] == [f"hidden_{i}" for i in range(30)]  # not the readout
     ratio = layers[-1].std / layers[0].std
     assert 2**-14.5 / 10 < ratio < 2**-14.5 * 10
     grads = next(f for f in xavier_report.findings if f.code == "vanishing_gradients")
-    assert "layer 1 (Dense_0)" in grads.message
-    assert "layer 30 (Dense_29)" in grads.message
+    assert "layer 1 (hidden_0)" in grads.message
+    assert "layer 30 (hidden_29)" in grads.message
     assert "he_normal" in grads.fix
 
 
@@ -123,9 +119,11 @@ def test_tanh_with_unit_normal_weights_is_flagged_saturated(small):
     report = health_report(nnx_mlp(fi.normal(1.0), depth=6, activation="tanh"), *small)
     assert "saturated" in _errors(report)
     # Pre-activations have std ~ sqrt(64) = 8, so P(|tanh| > 0.99) = P(|z| > 2.65) ~ 0.74.
-    for r in report.activations:
-        if r.kind == "activation":
-            assert r.saturated_fraction > 0.5
+    *hidden, head = report.linear
+    for r in hidden:
+        assert (r.activation, r.activation_source) == ("tanh", "inferred")
+        assert r.saturated_fraction > 0.5
+    assert head.activation is None
 
 
 def test_tanh_with_lecun_weights_is_not_saturated(small):
@@ -134,27 +132,31 @@ def test_tanh_with_lecun_weights_is_not_saturated(small):
     assert report.status == "ok", [str(f) for f in report.findings]
 
 
-class _BareTanh(nn.Module):
-    """tanh called as a bare function: invisible unless declared with ``activation=``."""
+class _ResidualTanh(nn.Module):
+    """tanh of a residual sum: not a function of the Dense output alone, so nothing is
+    inferred for it; a declared ``activation=`` is applied to the Dense output."""
 
     @nn.compact
     def __call__(self, x):
-        for _ in range(3):
-            x = jnp.tanh(nn.Dense(64, kernel_init=fi.normal(1.0))(x))
+        # Pre-activation std ~8 (64 unit inputs), then ~12 (16 inputs of |tanh| ~1):
+        # |tanh| > 0.99 on most of them.
+        x = nn.Dense(16, kernel_init=fi.normal(1.0))(x)
+        for _ in range(2):
+            x = jnp.tanh(x + nn.Dense(16, kernel_init=fi.normal(3.0))(x))
         return nn.Dense(10)(x)
 
 
-def test_declared_activation_finds_saturation_of_bare_tanh(batch):
-    x, y = batch[0][:128], batch[1][:128]
-    model = _BareTanh()
+def test_declared_activation_where_none_is_inferred(small):
+    x, y = small[0][:64], small[1][:64]
+    model = _ResidualTanh()
     variables = model.init(jax.random.key(0), x)
     blind = health_report(model, x, y, variables=variables)
     assert "saturated" not in blind.codes
-    assert all(r.saturated_fraction is None for r in blind.activations)
+    assert all(r.activation is None for r in blind.activations)
     told = health_report(model, x, y, variables=variables, activation="tanh")
     assert "saturated" in _errors(told)
     *hidden, head = told.linear
-    assert all(r.activation == "tanh" and r.saturated_fraction > 0.5 for r in hidden)
+    assert all(r.activation_source == "declared" and r.saturated_fraction > 0.5 for r in hidden)
     assert head.activation is None
     assert head.saturated_fraction is None
 
@@ -174,9 +176,10 @@ def test_overflow_is_flagged_nonfinite(small):
 
 def test_dead_units_from_negative_biases_are_flagged(small):
     model = nnx_mlp(fi.he_normal())
-    model.layers[1].bias[...] = jnp.full((64,), -1e3)
+    model.hidden[1].bias[...] = jnp.full((64,), -1e3)
     report = health_report(model, *small)
     dead = next(f for f in report.findings if f.code == "dead_units")
     assert dead.severity == "error"
-    # acts/1 is off everywhere, so layers/2 sees only its zero bias: everything after dies.
-    assert dead.layers == tuple(f"acts/{i}" for i in range(1, 8))
+    # relu(hidden/1) is off everywhere, so hidden/2 sees only its zero bias: everything
+    # after dies. The relu is read from the jaxpr and applied to each hidden output.
+    assert dead.layers == tuple(f"hidden/{i}" for i in range(1, 8))

@@ -7,8 +7,9 @@ import pytest
 from PIL import Image
 
 import flaxinit as fi
-from flaxinit.diagnostics import MLP, activation_values, digits, health_report
+from flaxinit.diagnostics import activation_values, digits, health_report
 from flaxinit.diagnostics.plots import plot_activation_histograms, plot_depth_profiles
+from flaxinit.models import MLP
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -45,7 +46,7 @@ def test_depth_profiles_png(reports, tmp_path):
 
 def test_depth_profiles_single_report_without_gradients_svg(tmp_path):
     x, _ = digits(32)
-    model = MLP(depth=2, width=8)
+    model = MLP((8, 8))
     report = health_report(model, x, variables=model.init(jax.random.key(0), x))
     assert report.gradients == ()
     path = plot_depth_profiles(report, tmp_path / "depth.svg", title="no labels")
@@ -56,7 +57,7 @@ def test_depth_profiles_single_report_without_gradients_svg(tmp_path):
 
 @pytest.mark.parametrize("log", [True, False])
 def test_histograms_png(reports, tmp_path, log):
-    layers = ("Activation_0", "Activation_15", "Activation_29")
+    layers = ("hidden_0", "hidden_15", "hidden_29")
     samples = {
         name: {k: np.asarray(values[k]) for k in layers} for name, (_, values) in reports.items()
     }

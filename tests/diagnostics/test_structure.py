@@ -81,8 +81,8 @@ def test_scanned_stack_gets_a_record_per_layer():
     )
     paths = [r.path for r in weight_stats(variables, structure=s)]
     assert "blocks/fc1/kernel[1]" in paths
-    with pytest.raises(ValueError, match="stacked= or structure="):
-        weight_stats(variables, structure=s, stacked="**/blocks/**")
+    with pytest.raises(ValueError, match="layer_stacks= or structure="):
+        weight_stats(variables, structure=s, layer_stacks="**/blocks/**")
 
 
 class SmallMLP(nn.Module):

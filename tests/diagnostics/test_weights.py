@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from flaxinit.diagnostics import NNXMLP, weight_stats
+from flaxinit.diagnostics import weight_stats
+from flaxinit.models import NNXMLP
 
 EPS32 = float(np.finfo(np.float32).eps)
 
@@ -61,9 +62,9 @@ def test_matrix_view_folds_leading_axes_into_rows():
 
 
 def test_biases_are_skipped_and_nnx_paths_sort_numerically():
-    model = NNXMLP(4, depth=12, width=3, rngs=nnx.Rngs(0))
+    model = NNXMLP(4, (3,) * 12, rngs=nnx.Rngs(0))
     paths = [r.path for r in weight_stats(model)]
-    assert paths == ["head/kernel"] + [f"layers/{i}/kernel" for i in range(12)]
+    assert paths == ["head/kernel"] + [f"hidden/{i}/kernel" for i in range(12)]
     assert [r.index for r in weight_stats(model)] == list(range(13))
 
 
@@ -84,7 +85,7 @@ def test_stacked_weights_get_a_record_per_layer():
     stack = rng.standard_normal((3, 8, 6)).astype(np.float32)
     stack[1] = np.outer(rng.standard_normal(8), np.ones(6))
     tree = {"blocks": {"fc": {"kernel": jnp.asarray(stack)}}, "head": {"kernel": jnp.ones((6, 2))}}
-    records = weight_stats(tree, stacked="**/blocks/**")
+    records = weight_stats(tree, layer_stacks="**/blocks/**")
     assert [r.path for r in records] == [
         "blocks/fc/kernel[0]",
         "blocks/fc/kernel[1]",
@@ -105,8 +106,20 @@ def test_stacked_weights_get_a_record_per_layer():
 def test_stacked_patterns_must_place_a_stack():
     tree = {"blocks": {"kernel": jnp.ones((2, 4, 4))}, "head": {"kernel": jnp.ones((4, 2))}}
     with pytest.raises(ValueError, match="matched no weight"):
-        weight_stats(tree, stacked="**/encoder/**")
+        weight_stats(tree, layer_stacks="**/encoder/**")
     with pytest.raises(ValueError, match="3 or more axes"):
-        weight_stats(tree, stacked="**/head/*")
+        weight_stats(tree, layer_stacks="**/head/*")
     with pytest.raises(TypeError, match="strings"):
-        weight_stats(tree, stacked=[3])
+        weight_stats(tree, layer_stacks=[3])
+
+
+def test_stacked_is_the_deprecated_name_of_layer_stacks():
+    tree = {"blocks": {"kernel": jnp.ones((2, 4, 4))}, "head": {"kernel": jnp.ones((4, 2))}}
+    with pytest.warns(DeprecationWarning, match=r"use weight_stats\(layer_stacks=\.\.\.\)"):
+        old = weight_stats(tree, stacked="**/blocks/**")
+    assert old == weight_stats(tree, layer_stacks="**/blocks/**")
+    with (
+        pytest.warns(DeprecationWarning, match="stacked"),
+        pytest.raises(TypeError, match="layer_stacks= only"),
+    ):
+        weight_stats(tree, stacked="**/blocks/**", layer_stacks="**/blocks/**")
