@@ -238,7 +238,7 @@ CASES = [
     ),
     Case(
         "gradient_stats: float labels of another shape than the output",
-        lambda: fi.gradient_stats(
+        lambda: fi.diagnostics.gradient_stats(
             nn.Dense(3), X, jnp.zeros((1,)), variables=nn.Dense(3).init(KEY, X)
         ),
         ValueError,

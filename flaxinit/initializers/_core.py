@@ -168,11 +168,7 @@ def _misused_as_initializer(args: tuple[Any, ...], value_first: bool) -> bool:
 
 
 def _uncalled_factory_error(name: str, required: bool, args: tuple[Any, ...]) -> TypeError:
-    import flaxinit  # loaded by now: a factory is being called
-
-    # The name as the user reaches it: the combinators live in fi.initializers only.
-    where = "fi." if name in flaxinit.__all__ else "fi.initializers."
-    call = f"{where}{name}(...)" if required else f"{where}{name}()"
+    call = _factory_call(name, required)
     first = args[0]
     if is_prng_key(first):
         try:
@@ -186,6 +182,38 @@ def _uncalled_factory_error(name: str, required: bool, args: tuple[Any, ...]) ->
         f"factory that builds one: did you mean {call}? Call it first: "
         f'kernel_init={call} in a Flax module, ("kernel", {call}) in rules'
     )
+
+
+def check_not_factory(obj: Any, where: str) -> None:
+    """Raises ``TypeError`` if ``obj`` is a catalogue factory handed over uncalled
+    (``fi.he_normal`` for ``fi.he_normal()``), where an initializer is expected.
+
+    Example:
+      >>> from flaxinit.initializers import he_normal
+      >>> check_not_factory(he_normal(), "a rule")
+      >>> check_not_factory(he_normal, "a rule")
+      Traceback (most recent call last):
+      ...
+      TypeError: he_normal is a factory that builds an initializer, given to a rule uncalled: did you mean fi.he_normal()? Call it first: kernel_init=fi.he_normal() in a Flax module, ("kernel", fi.he_normal()) in rules
+    """  # noqa: E501
+    spec = getattr(obj, "__flaxinit_factory__", None)
+    if spec is None:
+        return
+    name, required = spec
+    call = _factory_call(name, required)
+    raise TypeError(
+        f"{name} is a factory that builds an initializer, given to {where} uncalled: did "
+        f"you mean {call}? Call it first: kernel_init={call} in a Flax module, "
+        f'("kernel", {call}) in rules'
+    )
+
+
+def _factory_call(name: str, required: bool) -> str:
+    import flaxinit  # loaded by now: a factory is being used
+
+    # The name as the user reaches it: the combinators live in fi.initializers only.
+    where = "fi." if name in flaxinit.__all__ else "fi.initializers."
+    return f"{where}{name}(...)" if required else f"{where}{name}()"
 
 
 def named_factory(
@@ -251,4 +279,5 @@ def named_factory(
         init.__name__ = init.__qualname__ = f"{name}({text})"
         return init
 
+    build.__flaxinit_factory__ = (name, required)  # read by check_not_factory
     return build

@@ -40,7 +40,7 @@ import numpy as np
 
 from flaxinit._deprecation import warn_renamed
 from flaxinit.initializers import compute_fans
-from flaxinit.initializers._core import check_axis_spec
+from flaxinit.initializers._core import check_axis_spec, check_not_factory
 from flaxinit.rules.options import warn_from_caller
 from flaxinit.rules.paths import LeafInfo
 
@@ -447,6 +447,7 @@ def reinit(
     """
     if not callable(init):
         raise TypeError(f"reinit: init must be an initializer (a callable), got {init!r}")
+    check_not_factory(init, "reinit")
 
     def norm(value: Any, arg: str) -> int | tuple[int, ...] | None:
         return None if value is None else check_axis_spec(value, "reinit", arg)
@@ -872,5 +873,6 @@ def to_action(obj: Any) -> Action:
             f"flaxinit.rules.action({describe(obj)})",
         )
         return Call(obj)
+    check_not_factory(obj, "a rule")
     _check_signature(obj, (None, None, None), "an initializer (key, shape, dtype)")
     return Reinit(obj)
