@@ -17,9 +17,11 @@ from flaxinit.models import (
     MLP,
     NNXGPT,
     NNXMLP,
+    ConvNet,
     Discriminator,
     Generator,
     LSTMClassifier,
+    NNXConvNet,
     NNXDiscriminator,
     NNXGenerator,
     NNXLSTMClassifier,
@@ -36,6 +38,13 @@ IMAGES = jnp.ones((2, 8, 8, 3))
 # (name, linen model, its input, nnx constructor, output shape)
 PAIRS = [
     ("mlp", MLP((16, 8), 5), jnp.ones((2, 12)), lambda r: NNXMLP(12, (16, 8), 5, rngs=r), (2, 5)),
+    (
+        "convnet",
+        ConvNet((4, 4), 3),
+        jnp.ones((2, 64)),
+        lambda r: NNXConvNet(8, (4, 4), 3, rngs=r),
+        (2, 3),
+    ),
     ("resnet", ResNet(2, 8), IMAGES, lambda r: NNXResNet(3, 2, 8, rngs=r), (2, 10)),
     (
         "resnet_plain",
@@ -110,7 +119,7 @@ def linen_params(model, x):
     variables = jax.eval_shape(model.init, jax.random.key(0), x)
     out = {}
     for path, a in tree_paths(variables["params"]):
-        path = re.sub(r"(blocks|hidden|rnn)_([0-9]+)", r"\1/\2", path)
+        path = re.sub(r"(blocks|hidden|rnn|conv)_([0-9]+)", r"\1/\2", path)
         out[re.sub(r"/if/", "/if_/", path)] = a.shape
     return out
 
@@ -217,3 +226,39 @@ def test_models_are_stock_flax_modules():
     assert isinstance(m.wte, nnx.Embed)
     assert isinstance(m.blocks[0].ln1, nnx.LayerNorm)
     assert nn.MultiHeadDotProductAttention is not None
+
+
+def test_activation_and_kernel_init_reach_every_layer():
+    # tanh(x @ 1) @ 1 with zero biases: the nonlinearity by name or function, the kernel
+    # initializer on every Dense/Linear.
+    x = jnp.linspace(-1.0, 1.0, 6).reshape(2, 3)
+    ones = nn.initializers.ones
+    want = jnp.tanh(x @ jnp.ones((3, 4))) @ jnp.ones((4, 2))
+    linen = MLP((4,), 2, activation="tanh", kernel_init=ones)
+    np.testing.assert_allclose(linen.apply(linen.init(jax.random.key(0), x), x), want, rtol=1e-6)
+    twin = NNXMLP(3, (4,), 2, activation=jnp.tanh, kernel_init=ones, rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(twin(x), want, rtol=1e-6)
+    images = jnp.ones((2, 16))  # 4x4, one channel
+    conv = ConvNet((2,), 1, activation="relu", kernel_init=nn.initializers.zeros)
+    params = conv.init(jax.random.key(0), images)["params"]
+    assert all(float(jnp.abs(p["kernel"]).max()) == 0 for p in params.values())
+
+
+def test_gpt_kernel_init_reaches_attention_mlp_and_head_not_embeddings():
+    zeros = nn.initializers.zeros
+    params = jax.jit(GPT(32, 8, 16, 1, 2, kernel_init=zeros).init)(jax.random.key(0), TOKENS)
+    kernels = {p: a for p, a in tree_paths(params["params"]) if p.endswith("kernel")}
+    assert {p for p in kernels if p.startswith("blocks_0/attn")} == {
+        f"blocks_0/attn/{n}/kernel" for n in ("query", "key", "value", "out")
+    }
+    assert all(float(jnp.abs(a).max()) == 0 for a in kernels.values())
+    assert float(jnp.abs(params["params"]["wte"]["embedding"]).max()) > 0
+    m = NNXGPT(32, 8, 16, 1, 2, activation="relu", kernel_init=zeros, rngs=nnx.Rngs(0))
+    assert float(jnp.abs(m.blocks[0].attn.query.kernel[...]).max()) == 0
+    assert float(jnp.abs(m.blocks[0].mlp.fc1.kernel[...]).max()) == 0
+    assert m.blocks[0].mlp.activation == "relu"
+
+
+def test_convnet_needs_square_pixel_counts():
+    with pytest.raises(ValueError, match=r"square number of pixels.*\(2, 10\)"):
+        jax.eval_shape(ConvNet((2,)).init, jax.random.key(0), jnp.ones((2, 10)))
