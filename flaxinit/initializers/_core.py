@@ -17,10 +17,8 @@ import numpy as np
 
 from flaxinit import _checks
 
-# Re-exported for the modules that import them from here (rules.actions, fans).
+# Re-exported for flaxinit.rules.actions, which imports it from here.
 check_axis_spec = _checks.check_axes
-check_shape = _checks.check_shape
-normalize_axes = _checks.normalize_axes
 
 Shape = Sequence[int]
 DTypeLike = Any

@@ -7,7 +7,8 @@ import numbers
 from collections.abc import Sequence
 
 from flaxinit import activations
-from flaxinit.initializers._core import AxisSpec, check_shape, normalize_axes
+from flaxinit._checks import check_shape, normalize_axes
+from flaxinit.initializers._core import AxisSpec
 
 
 def compute_fans(
