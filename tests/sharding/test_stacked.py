@@ -37,8 +37,9 @@ def expected_spec(path):
     return P()
 
 
-@pytest.mark.parametrize("framework", ["linen", "nnx"])
-@pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto])
+@pytest.mark.parametrize(
+    ("framework", "axis_type"), [("linen", AxisType.Explicit), ("nnx", AxisType.Auto)]
+)
 def test_stacked_gpt_sharded_equals_single_device(framework, axis_type):
     mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(axis_type,) * 2)
     rules = fi.recipes.gpt2(LAYERS)
