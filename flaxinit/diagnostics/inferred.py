@@ -17,7 +17,7 @@ pre-activation) to the first operation applied to it, and names it:
 Only operations that leave every value as it is are walked through: ``reshape``,
 ``broadcast_in_dim``, ``squeeze``, ``expand_dims``, ``transpose``, float
 ``convert_element_type``, ``copy``, and calls (``jit``, ``custom_jvp_call``,
-``custom_vjp_call``, ``remat``) whose body is followed. The probe applies the named
+``custom_vjp_call``, ``checkpoint``) whose body is followed. The probe applies the named
 function to the recorded pre-activation, so anything that changes values on the way (a
 bias added after the layer, a scale, a residual sum, attention, a concatenation) would
 make the record describe an input the model never feeds to the nonlinearity: there the
@@ -45,7 +45,7 @@ _VALUE_PRESERVING = frozenset(
 )
 # Calls whose body's inputs and outputs are the equation's, one for one.
 _CALLS = frozenset(
-    {"jit", "pjit", "custom_jvp_call", "custom_vjp_call", "remat", "checkpoint", "closed_call"}
+    {"jit", "pjit", "custom_jvp_call", "custom_vjp_call", "checkpoint", "remat2", "closed_call"}
 )
 _PRIMITIVES: dict[str, Callable[[jax.Array], jax.Array]] = {
     "tanh": jnp.tanh,
