@@ -681,8 +681,8 @@ class _AtFactory:
       >>> rules = [("*/dense_h/bias", at(forget, fill(1.0))),
       ...          ("*/dense_h/bias", at[..., 8:16](fill(1.0)))]
       >>> from flaxinit.rules import apply_rules
-      >>> cell = {"dense_h": {"bias": jax.numpy.zeros(8)}}
-      >>> apply_rules(cell, rules[:1])["dense_h"]["bias"].tolist()
+      >>> lstm = {"cell": {"dense_h": {"bias": jax.numpy.zeros(8)}}}
+      >>> apply_rules(lstm, rules[:1])["cell"]["dense_h"]["bias"].tolist()
       [0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
     """
 
