@@ -39,6 +39,9 @@ class ActivationRecord:
         (:mod:`flaxinit.diagnostics.inferred`). ``None`` when none of these gives one.
       activation_source: where ``activation`` came from: ``"layer"`` (an activation
         site), ``"declared"``, ``"inferred"``, or ``None`` without an activation.
+      activated_std: for a linear site with an ``activation``, the std of that
+        nonlinearity's output (what an activation site's own ``std`` is); else ``None``.
+      activated_zero_fraction: likewise, the fraction of exact zeros of that output.
       shape: the output's shape.
       mean: ``mean(y)`` over every element (examples, positions, features).
       var: ``mean((y - mean)**2)``, as ``std**2``: below std ~1e-19 it underflows to 0 in
@@ -82,6 +85,8 @@ class ActivationRecord:
     embedding: bool = dataclasses.field(default=False, metadata={"static": True})
     normalized_by: str | None = dataclasses.field(default=None, metadata={"static": True})
     activation_source: str | None = dataclasses.field(default=None, metadata={"static": True})
+    activated_std: Any = None
+    activated_zero_fraction: Any = None
 
 
 def l2_norm(x: jax.Array) -> jax.Array:
@@ -99,6 +104,11 @@ def l2_norm(x: jax.Array) -> jax.Array:
     scale = jnp.max(jnp.abs(x))
     safe = jnp.where(scale > 0, scale, 1.0)
     return scale * jnp.sqrt(jnp.sum(jnp.square(x / safe)))
+
+
+def _std(y: jax.Array, mean: jax.Array) -> jax.Array:
+    """``sqrt(mean((y - mean)**2))`` without underflow (see :func:`l2_norm`)."""
+    return l2_norm(y - mean) / jnp.sqrt(jnp.float32(y.size))
 
 
 def unit_fractions(
@@ -143,13 +153,16 @@ def site_row(
     """
     y = y.astype(jnp.float32)
     mean = jnp.mean(y)
-    std = l2_norm(y - mean) / jnp.sqrt(jnp.float32(y.size))
+    std = _std(y, mean)
     nl = site.nonlinearity if site.kind == "activation" else declared
     if site.kind == "activation":
         source = "layer"
     pre = y if normed is None else normed.astype(jnp.float32)
     a = y if site.kind == "activation" or nl is None else nl.fn(pre).astype(jnp.float32)
     dead, saturated = unit_fractions(a, nl, level)
+    activated_std = activated_zeros = None
+    if site.kind == "linear" and nl is not None:
+        activated_std, activated_zeros = _std(a, jnp.mean(a)), jnp.mean(a == 0)
     grad_rms = None
     if delta is not None:
         grad_rms = l2_norm(delta) / jnp.sqrt(jnp.float32(delta.size))
@@ -173,6 +186,8 @@ def site_row(
         "dead_fraction": dead,
         "saturated_fraction": saturated,
         "grad_rms": grad_rms,
+        "activated_std": activated_std,
+        "activated_zero_fraction": activated_zeros,
     }
     return static, numeric
 

@@ -464,9 +464,11 @@ class HealthReport:
     def rows(self) -> list[dict[str, Any]]:
         """One dict per linear layer joining its output, the activation after it, its weight.
 
-        Keys: ``layer`` (depth), ``path``, ``std``, ``grad_rms``, ``act_std``, ``zero``,
-        ``dead``, ``saturated``, ``weight``, ``gain``, ``rank``, ``full_rank``,
-        ``dup_cols``, ``dup_rows``, ``grad_ratio`` (``||g|| / ||W||`` of that weight).
+        Keys: ``layer`` (depth), ``path``, ``std``, ``grad_rms``, ``activation`` and
+        ``source`` (the nonlinearity after it and where it came from: ``"layer"``,
+        ``"declared"``, ``"inferred"``), ``act_std``, ``zero``, ``dead``, ``saturated``,
+        ``weight``, ``gain``, ``rank``, ``full_rank``, ``dup_cols``, ``dup_rows``,
+        ``grad_ratio`` (``||g|| / ||W||`` of that weight).
         """
         weights = {w.path.rpartition("/")[0]: w for w in reversed(self.weights)}
         grads = {g.path: g for g in self.gradients}
@@ -476,6 +478,8 @@ class HealthReport:
             nxt = self.activations[r.index + 1] if r.index + 1 < len(self.activations) else None
             after = nxt if nxt is not None and nxt.kind == "activation" else None
             unit = after or r
+            act_std = after.std if after is not None else r.activated_std
+            zero = after.zero_fraction if after is not None else r.activated_zero_fraction
             w = weights.get(r.path)
             g = grads.get(w.path) if w is not None else None
             out.append(
@@ -484,8 +488,10 @@ class HealthReport:
                     "path": r.path,
                     "std": r.std,
                     "grad_rms": r.grad_rms,
-                    "act_std": None if after is None else after.std,
-                    "zero": None if after is None else after.zero_fraction,
+                    "activation": unit.activation,
+                    "source": unit.activation_source,
+                    "act_std": act_std,
+                    "zero": zero,
                     "dead": unit.dead_fraction,
                     "saturated": unit.saturated_fraction,
                     "weight": None if w is None else w.path,
@@ -506,6 +512,7 @@ class HealthReport:
             "layer",
             "std",
             "grad rms",
+            "nonlinearity",
             "act std",
             "zeros",
             "dead",
@@ -521,6 +528,7 @@ class HealthReport:
                 r["path"],
                 _g(r["std"]),
                 _g(r["grad_rms"]),
+                "-" if r["activation"] is None else f"{r['activation']} ({r['source']})",
                 _g(r["act_std"]),
                 _pct(r["zero"]),
                 _pct(r["dead"]),
@@ -532,7 +540,8 @@ class HealthReport:
             ]
             for r in self.rows()
         ]
-        return format_table(headers, rows, right=range(2, len(headers)))
+        right = [i for i in range(2, len(headers)) if headers[i] != "nonlinearity"]
+        return format_table(headers, rows, right=right)
 
     def __str__(self) -> str:
         lines = [self.table(), ""]
