@@ -8,7 +8,8 @@ import numpy as np
 
 import flaxinit as fi
 from experiments import _common as C
-from flaxinit.diagnostics import MLP, activation_stats, digits
+from flaxinit.diagnostics import activation_stats, digits
+from flaxinit.models import MLP
 
 CLAIM = (
     "Without a variance-preserving init the forward signal and the backward gradient "
@@ -60,7 +61,7 @@ def run(config: C.Config) -> C.Result:
     numbers: dict = {"depth": depth, "profiles": {}}
     ratios: dict = {}
     for act in ACTIVATIONS:
-        model = MLP(depth=depth, width=config["width"], activation=act)
+        model = MLP((config["width"],) * depth, activation=act)
         template = model.init(jax.random.key(0), x[:2])
         for name in INITS:
             runs = []
@@ -153,7 +154,7 @@ def run(config: C.Config) -> C.Result:
         numbers=numbers,
         plots=plots,
         notes=(
-            f"flaxinit.diagnostics.MLP ({L} Dense+activation layers, width "
+            f"flaxinit.models.MLP ({L} Dense+activation layers, width "
             f"{config['width']}, biases 0) on {config['batch']} standardized digits; the "
             "statistics come from flaxinit.diagnostics.activation_stats (pre-activation std, "
             "RMS of the cross-entropy gradient w.r.t. each layer's output). Xavier is "
