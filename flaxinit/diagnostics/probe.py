@@ -521,9 +521,9 @@ def _marked_trace(
 def blas_single_threaded() -> contextlib.AbstractContextManager:
     """Limits OpenBLAS to one thread while a pass runs, when ``threadpoolctl`` is installed.
 
-    On CPU, jax's SVD calls LAPACK through scipy's multi-threaded OpenBLAS. Its threads
-    busy-wait against XLA's own thread pool: on a loaded 2-core machine, 30 SVDs of
-    256x256 took 0.7-20 s instead of 0.1 s. ``threadpoolctl`` comes with scikit-learn;
+    On CPU, jax's SVD calls LAPACK through scipy's multi-threaded OpenBLAS, whose threads
+    busy-wait against XLA's own thread pool (the measurement is in
+    ``benchmarks/README.md``, "Diagnostics"). ``threadpoolctl`` comes with scikit-learn;
     without it, this does nothing.
     """
     try:
