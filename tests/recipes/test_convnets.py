@@ -134,7 +134,7 @@ def test_strict_raises_when_the_layout_is_missing(framework):
     ("build", "error", "match"),
     [
         (lambda: fixup(0), ValueError, "num_blocks"),
-        (lambda: fixup(4, m=1), ValueError, "m must be >= 2"),
+        (lambda: fixup(4, m=1), ValueError, "m must be an int >= 2, got m=1"),
         (lambda: fixup(4, m=2.5), TypeError, "m must be an int"),
         (lambda: he_cnn(mode="fan_avg"), ValueError, "mode"),
         (lambda: rezero(gates=[1]), TypeError, "gates"),

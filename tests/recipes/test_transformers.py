@@ -24,7 +24,7 @@ from _recipe_helpers import (
 )
 from flax import nnx
 
-from flaxinit.initializers import truncated_std
+from flaxinit.initializers import truncated_normal_std
 from flaxinit.models import GPT, MLP, NNXGPT, NNXMLP, NNXViT, ViT
 from flaxinit.recipes import (
     bert,
@@ -43,7 +43,7 @@ from flaxinit.recipes import (
 from flaxinit.rules import apply_rules, explain_rules
 
 D, L, H, V, T = 64, 2, 2, 64, 16
-TS3 = truncated_std(-3.0, 3.0)  # std of a normal cut at ±3σ, in units of σ
+TS3 = truncated_normal_std(-3.0, 3.0)  # std of a normal cut at ±3σ, in units of σ
 FRAMEWORKS = ["linen", "nnx"]
 LAYOUTS = [("linen", False), ("linen", True), ("nnx", False), ("nnx", True)]
 BLOCK_KERNELS = {  # tail pattern -> (fan_in, fan_out) of one layer
@@ -160,7 +160,7 @@ def test_bert(framework, tf_truncated):
     x = pooled(select(after, "(kernel|embedding)").values())
     if tf_truncated:  # cut at ±2σ, not rescaled: std 0.8796 σ
         assert np.abs(x).max() <= 0.04 * (1 + 1e-6)
-        assert_std(x, 0.02 * truncated_std(-2.0, 2.0))
+        assert_std(x, 0.02 * truncated_normal_std(-2.0, 2.0))
     else:
         assert np.abs(x).max() > 0.04
         assert_std(x, 0.02)
