@@ -129,11 +129,16 @@ def derive_keys(key: Any, requests: Sequence[Sequence[tuple[int, ...]]]) -> list
     if not vmap_matches_loop(key):
         return [
             jnp.stack([_fold_chain(key, [np.uint32(c) for c in chain]) for chain in request])
+            if request
+            else jax.random.split(key, 0)
             for request in requests
         ]
     by_length: dict[int, list[tuple[int, ...]]] = {}
-    spans = []
+    spans: list[tuple[int, int, int] | None] = []
     for request in requests:
+        if not request:  # a stack of no layers: no keys
+            spans.append(None)
+            continue
         lengths = {len(chain) for chain in request}
         if len(lengths) != 1:
             raise ValueError(f"derive_keys: a request mixes chain lengths {sorted(lengths)}")
@@ -144,4 +149,7 @@ def derive_keys(key: Any, requests: Sequence[Sequence[tuple[int, ...]]]) -> list
         length: jax.vmap(lambda row: _fold_chain(key, list(row)))(np.asarray(group, np.uint32))
         for length, group in by_length.items()
     }
-    return [derived[length][start:stop] for length, start, stop in spans]
+    return [
+        jax.random.split(key, 0) if span is None else derived[span[0]][span[1] : span[2]]
+        for span in spans
+    ]

@@ -22,6 +22,7 @@ from flaxinit.initializers import normal
 from flaxinit.rules import (
     apply_rules,
     at,
+    explain_rules,
     fill,
     per_layer,
     scale,
@@ -164,3 +165,27 @@ def test_per_layer_refuses_a_leaf_nothing_says_is_a_stack():
     stack = {"blocks": {"fc": {"kernel": jnp.ones((3, 4, 5)), "bias": jnp.ones((3, 5))}}}
     out = apply_rules(stack, [("fc/*", per_layer(scale(lambda ctx: ctx.layer)))])
     assert float(out["blocks"]["fc"]["bias"][2, 0]) == 2.0
+
+
+def test_stacking_is_the_actions_own_property():
+    import dataclasses
+
+    from flaxinit.rules import Action
+
+    @dataclasses.dataclass(frozen=True)
+    class LayerNumber(Action):
+        """Fills each slice along axis 1 with its layer index: stacked by its own say."""
+
+        def layer_plan(self, info):
+            return 1, self
+
+        def __call__(self, key, leaf, ctx):
+            return jnp.full(leaf.shape, ctx.layer if ctx.is_layer_slice else -1, leaf.dtype)
+
+    out = apply_rules({"w": jnp.zeros((2, 3))}, [("w", LayerNumber())])["w"]
+    np.testing.assert_array_equal(out, np.broadcast_to(np.arange(3.0), (2, 3)))
+    assert (
+        explain_rules({"w": jnp.zeros((2, 3))}, [("w", LayerNumber())])[0]
+        .actions[0]
+        .startswith("per layer(axis 1, 3 layers)")
+    )
