@@ -25,7 +25,7 @@ RULES = [
     ("**/c_proj/kernel", fi.scale(0.5)),
     ("lm_head/kernel", fi.orthogonal()),
     ("ln_*/scale", fi.fill(1.5)),
-    ("mlp/c_fc/bias", fi.at[..., :16](fi.uniform_range(-1.0, 1.0))),
+    ("mlp/c_fc/bias", fi.at[..., :16](fi.uniform_between(-1.0, 1.0))),
 ]
 MESHES = [(8,), (2, 4), (4, 2)]
 

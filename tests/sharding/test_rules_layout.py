@@ -21,7 +21,7 @@ RULES = [
     ("bias", fi.fill(1.0)),
     # `at` on a sharded dimension can make the partitioner gather the leaf (values
     # stay exact): fine for a bias, documented in flaxinit.sharding.
-    ("bias", fi.at[:16](fi.uniform_range(-1.0, 1.0))),
+    ("bias", fi.at[:16](fi.uniform_between(-1.0, 1.0))),
 ]
 FULL_BYTES = N * N * 4
 

@@ -67,11 +67,11 @@ def stacked(vals: dict[str, np.ndarray], suffix: str) -> np.ndarray:
 
 def test_role_selector_matches_the_structure_and_needs_one():
     _, s, tree = prepared("lm1b_like")
-    labels = fi.rule_labels(tree, [("@bias", "no_decay")], default="decay", structure=s)
+    labels = fi.rules.rule_labels(tree, [("@bias", "no_decay")], default="decay", structure=s)
     leaves = jax.tree_util.tree_leaves_with_path(labels)
     no_decay = {jax.tree_util.keystr(p) for p, v in leaves if v == "no_decay"}
     assert len(no_decay) == len(s.select("bias")) > 0
-    mask = fi.rule_mask(tree, "@norm_scale", structure=s)
+    mask = fi.rules.rule_mask(tree, "@norm_scale", structure=s)
     assert sum(jax.tree.leaves(mask)) == len(s.select("norm_scale"))
     with pytest.raises(ValueError, match=r"structure=fi\.model_structure"):
         fi.apply_rules(tree, [("@mlp_out", fi.scale(0.5))])
