@@ -1,5 +1,7 @@
 """merge_pretrained: transfer learning with a new head."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -8,6 +10,7 @@ import pytest
 from flax import nnx
 
 from flaxinit.rules import MergeReport, merge_pretrained
+from flaxinit.tables import RecordTable
 
 
 class Classifier(nn.Module):
@@ -58,6 +61,12 @@ def test_new_head_and_new_layer(pretrained, fresh):
     assert text.splitlines()[0].split() == ["path", "source", "shape", "pretrained", "shape"]
     assert "params/head/kernel" in text
     assert "reinit" in text
+    # A frozen record table: the one table renderer, no mutation after the fact.
+    assert isinstance(report, RecordTable)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        report.unused = ("x",)
+    empty = MergeReport((), ("params/old",))
+    assert str(empty).splitlines()[-1] == "unused pretrained leaves: params/old"
 
 
 def test_shape_mismatch_raises_naming_paths(pretrained, fresh):

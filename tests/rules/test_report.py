@@ -1,5 +1,7 @@
 """explain_rules and its report (flaxinit.rules.report)."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -11,11 +13,13 @@ from flaxinit.initializers import he_normal, normal
 from flaxinit.rules import (
     LeafReport,
     RulesReport,
+    UnmatchedRule,
     apply_rules,
     explain_rules,
     fill,
     scale,
 )
+from flaxinit.tables import RecordTable
 
 
 def test_explain_rules_report(linen_vars):
@@ -46,6 +50,12 @@ def test_explain_rules_report(linen_vars):
     assert "unmatched rules:" in text
     assert "'nothing/here'" in text
     assert "RulesReport(" in repr(report)
+    assert isinstance(report, RecordTable)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        report.problems = ()
+    assert str(RulesReport((), (UnmatchedRule(0, "w", ()),))) == (
+        "(no leaves)\nunmatched rules:\n  #0 'w'; closest: -"
+    )
 
 
 def test_explain_on_abstract_and_stacked_trees():
