@@ -513,6 +513,23 @@ def _describe(x: Any) -> str:
     return f"an input of shape {tuple(shape)} dtype {np.dtype(x.dtype).name}"
 
 
+def _jitted_init(model: nn.Module, init_kwargs: Mapping[str, Any]) -> Callable:
+    """``model.init(key, x, **init_kwargs)`` under ``jax.jit``, one compiled program per
+    hashable model and keyword arguments (the command line initializes the model once to
+    read its outputs, then again in :func:`doctor`)."""
+    items = tuple(sorted(init_kwargs.items()))
+    try:
+        hash((model, items))
+    except TypeError:  # an unhashable field: compile for this call only
+        return jax.jit(lambda k, x: model.init(k, x, **init_kwargs))
+    return functools.partial(_init_program, model, items)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _init_program(model: nn.Module, items: tuple, key: jax.Array, x: Any) -> Any:
+    return model.init(key, x, **dict(items))
+
+
 def model_outputs(
     model: Any, x: Any, *, call_kwargs: Mapping[str, Any] | None = None, key: Any = None
 ) -> tuple[Any, Any, dict[str, Any]]:
@@ -547,7 +564,7 @@ def model_outputs(
             if isinstance(model, _BUILTIN):
                 variables = model.init(key, x)  # as before: eager, bit for bit
             else:  # one program, not one per layer
-                variables = jax.jit(lambda k, x: model.init(k, x, **init_kwargs))(key, x)
+                variables = _jitted_init(model, init_kwargs)(key, x)
         extra = tuple(sorted(c for c in variables if c != "params"))
         if extra and "mutable" not in kwargs:
             kwargs["mutable"] = extra
