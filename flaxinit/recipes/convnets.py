@@ -83,8 +83,15 @@ def zero_init_residual(*, last_norms: Patterns = LAST_NORM_SCALE) -> Rules:
     ``resnet.py`` (``zero_init_residual``); google/flax ``examples/imagenet/models.py``.
 
     Example:
+      >>> from flaxinit.models import ResNet
       >>> from flaxinit.recipes import he_cnn, zero_init_residual
-      >>> rules = he_cnn() + zero_init_residual()
+      >>> init = ResNet(num_blocks=1, width=8).init
+      >>> shapes = jax.eval_shape(init, jax.random.key(0), jnp.ones((1, 8, 8, 3)))
+      >>> report = explain_rules(shapes, he_cnn() + zero_init_residual()).by_path()
+      >>> report["params/blocks_0/bn2/scale"].actions  # the branch's last norm: gain 0
+      ('fill(1 - norm_offset)', 'fill(0 - norm_offset)')
+      >>> report["params/blocks_0/bn1/scale"].actions
+      ('fill(1 - norm_offset)',)
     """
     return rules_for(last_norms, norm_gain(0.0), "zero_init_residual", "last_norms")
 
@@ -158,6 +165,9 @@ def rezero(*, gates: Patterns = "alpha") -> Rules:
 
     Example:
       >>> from flaxinit.recipes import rezero
-      >>> rules = rezero(gates=("alpha", "resweight"))
+      >>> tree = {"block_0": {"alpha": jnp.ones(())}, "block_1": {"resweight": jnp.ones(())}}
+      >>> tree = apply_rules(tree, rezero(gates=("alpha", "resweight")))
+      >>> float(tree["block_0"]["alpha"]), float(tree["block_1"]["resweight"])
+      (0.0, 0.0)
     """
     return rules_for(gates, fill(0.0), "rezero", "gates")

@@ -92,7 +92,10 @@ def positive_bias(value: float = 0.1, *, biases: Patterns = BIAS) -> Rules:
 
     Example:
       >>> from flaxinit.recipes import positive_bias
-      >>> rules = positive_bias(0.1, biases="hidden_*/bias")
+      >>> tree = {"hidden_0": {"bias": jnp.zeros(2)}, "head": {"bias": jnp.zeros(2)}}
+      >>> tree = apply_rules(tree, positive_bias(0.1, biases="hidden_*/bias"))
+      >>> tree["hidden_0"]["bias"].tolist(), tree["head"]["bias"].tolist()
+      ([0.10000000149011612, 0.10000000149011612], [0.0, 0.0])
     """
     value = check_number(value, "positive_bias", "value", above=0)
     return rules_for(biases, fill(value), "positive_bias", "biases")
@@ -111,6 +114,9 @@ def unit_variance(*, params: Patterns = "variance", log_space: bool = False) -> 
     Example:
       >>> from flaxinit.recipes import unit_variance
       >>> rules = unit_variance(params="log_var", log_space=True)
+      >>> tree = apply_rules({"log_var": jnp.full(3, 0.7)}, rules)
+      >>> tree["log_var"].tolist()  # log(1) = 0
+      [0.0, 0.0, 0.0]
     """
     log_space = check_bool(log_space, "unit_variance", "log_space")
     return rules_for(params, fill(0.0 if log_space else 1.0), "unit_variance", "params")

@@ -261,7 +261,12 @@ def megatron(
 
     Example:
       >>> from flaxinit.recipes import megatron
-      >>> rules = megatron(0.02, num_layers=24)
+      >>> from flaxinit.models import GPT
+      >>> tokens = jnp.zeros((1, 4), jnp.int32)
+      >>> shapes = jax.eval_shape(GPT(num_layers=2).init, jax.random.key(0), tokens)
+      >>> report = explain_rules(shapes, megatron(0.02, num_layers=2)).by_path()
+      >>> report["params/blocks_1/mlp/fc2/kernel"].actions  # 0.02 / sqrt(2 * 2)
+      ('reinit(normal(stddev=0.02))', 'normal(0.01)')
     """
     r = "megatron"
     sigma = check_number(sigma, r, "sigma", at_least=0)
@@ -292,7 +297,12 @@ def bert(
 
     Example:
       >>> from flaxinit.recipes import bert
-      >>> rules = bert(tf_truncated=True)
+      >>> from flaxinit.models import GPT
+      >>> tokens = jnp.zeros((1, 4), jnp.int32)
+      >>> shapes = jax.eval_shape(GPT(num_layers=2).init, jax.random.key(0), tokens)
+      >>> report = explain_rules(shapes, bert(tf_truncated=True)).by_path()
+      >>> report["params/blocks_1/mlp/fc2/kernel"].actions
+      ('reinit(truncated_normal(stddev=0.02))',)
     """
     r = "bert"
     std = check_number(std, r, "std", at_least=0)
@@ -398,7 +408,14 @@ def olmo_mitchell(
 
     Example:
       >>> from flaxinit.recipes import olmo_mitchell
-      >>> rules = olmo_mitchell()
+      >>> from flaxinit.models import GPT
+      >>> tokens = jnp.zeros((1, 4), jnp.int32)
+      >>> shapes = jax.eval_shape(GPT(num_layers=2).init, jax.random.key(0), tokens)
+      >>> report = explain_rules(shapes, olmo_mitchell()).by_path()
+      >>> report["params/blocks_1/attn/query/kernel"].actions
+      ('tn(1/sqrt(d))',)
+      >>> report["params/blocks_1/mlp/fc2/kernel"].actions  # layer l = 1, d_ff = 4 d
+      ('tn(1/sqrt(2d_ff(l+1)))',)
     """
     r = "olmo_mitchell"
     L = None if num_layers is None else check_int(num_layers, r, "num_layers", at_least=1)
@@ -468,7 +485,14 @@ def t5(
 
     Example:
       >>> from flaxinit.recipes import t5
-      >>> rules = t5()
+      >>> from flaxinit.models import GPT
+      >>> tokens = jnp.zeros((1, 4), jnp.int32)
+      >>> shapes = jax.eval_shape(GPT(num_layers=2).init, jax.random.key(0), tokens)
+      >>> report = explain_rules(shapes, t5()).by_path()
+      >>> report["params/blocks_1/attn/query/kernel"].actions
+      ('normal(f/sqrt(d*d_kv))',)
+      >>> report["params/blocks_1/mlp/fc2/kernel"].actions
+      ('normal(1/sqrt(fan_in))',)
     """
     r = "t5"
     f = check_number(factor, r, "factor", above=0)
@@ -577,6 +601,8 @@ def deepnet(
     Example:
       >>> from flaxinit.recipes import deepnet
       >>> rules = deepnet(0, 12)  # a 12-layer decoder: beta = 96^(-1/4)
+      >>> [action for _, action in rules][2:4]  # value and fc1: beta; query and key: 1
+      [per_layer(xavier_normal(gain=0.3195)), per_layer(xavier_normal(gain=0.3195))]
     """
     r = "deepnet"
     c = deepnorm_constants(N, M)
@@ -632,7 +658,14 @@ def small_init(
 
     Example:
       >>> from flaxinit.recipes import small_init, wang_init
-      >>> neox_20b = small_init() + wang_init(num_layers=44)
+      >>> from flaxinit.models import GPT
+      >>> tokens = jnp.zeros((1, 4), jnp.int32)
+      >>> shapes = jax.eval_shape(GPT(num_layers=2).init, jax.random.key(0), tokens)
+      >>> report = explain_rules(shapes, small_init() + wang_init(num_layers=2)).by_path()
+      >>> report["params/blocks_1/attn/query/kernel"].actions  # GPT-NeoX 20B's pair
+      ('normal(sqrt(2/(5d)))',)
+      >>> report["params/blocks_1/mlp/fc2/kernel"].actions
+      ('normal(2/(L sqrt(d)))',)
     """
     r = "small_init"
     std = lambda d: math.sqrt(2 / (5 * d))
@@ -662,7 +695,12 @@ def wang_init(num_layers: int, *, outputs: Patterns = (ATTN_OUT, MLP_OUT)) -> Ru
 
     Example:
       >>> from flaxinit.recipes import wang_init
-      >>> rules = wang_init(num_layers=44)
+      >>> from flaxinit.models import GPT
+      >>> tokens = jnp.zeros((1, 4), jnp.int32)
+      >>> shapes = jax.eval_shape(GPT(num_layers=2).init, jax.random.key(0), tokens)
+      >>> report = explain_rules(shapes, wang_init(num_layers=2)).by_path()
+      >>> report["params/blocks_1/attn/out/kernel"].actions  # and mlp/fc2: the branch ends
+      ('normal(2/(L sqrt(d)))',)
     """
     r = "wang_init"
     L = check_int(num_layers, r, "num_layers", at_least=1)
