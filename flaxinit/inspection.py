@@ -132,6 +132,10 @@ class Activation(nn.Module):
       >>> import flax.linen as nn
       >>> from flaxinit.diagnostics import Activation
       >>> net = nn.Sequential([nn.Dense(4), Activation(jax.nn.relu), nn.Dense(2)])
+      >>> x = jnp.ones((1, 3))
+      >>> calls = tap(net, x, variables=net.init(jax.random.key(0), x))
+      >>> [site.kind for site in calls.sites]
+      ['linear', 'activation', 'linear']
     """
 
     fn: Callable[[jax.Array], jax.Array] = jax.nn.relu
@@ -145,9 +149,10 @@ class NNXActivation(nnx.Module):
     """An NNX layer that applies ``fn``: a nonlinearity that inspection can see.
 
     Example:
-      >>> from flax import nnx
       >>> from flaxinit.diagnostics import NNXActivation
       >>> act = NNXActivation(jnp.tanh)
+      >>> float(act(jnp.array(0.5))) == float(jnp.tanh(0.5)), kind_of(act)
+      (True, 'activation')
     """
 
     def __init__(self, fn: Callable[[jax.Array], jax.Array] = jax.nn.relu):
