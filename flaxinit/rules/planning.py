@@ -70,7 +70,14 @@ def layer_axis(info: LeafInfo, action: Action) -> tuple[int | None, Action]:
 
 class LayerContexts:
     """Layer indices and layer counts for a plan, and the context of each leaf or
-    slice (see ``RuleContext.num_layers`` and the module docstring)."""
+    slice (see ``RuleContext.num_layers`` and the module docstring).
+
+    Attributes:
+      layer_indices: per leaf, its layer index (from ``layer_of`` or the path), or None.
+      groups: per stack of indexed layers (``params/layers``), its number of layers.
+      tree_max: the largest layer count anywhere in the tree, or None.
+      structure: the model structure lined up with the leaves, or None.
+    """
 
     def __init__(
         self,
@@ -84,10 +91,10 @@ class LayerContexts:
         self.groups: dict[str, int] = {}
         counts: list[int] = []
         if opts.layer_of is not None:
-            self.layers = [opts.layer_of(i.path) for i in infos]
-            counts += [v + 1 for v in self.layers if v is not None]
+            self.layer_indices = [opts.layer_of(i.path) for i in infos]
+            counts += [v + 1 for v in self.layer_indices if v is not None]
         else:
-            self.layers = [i.layer for i in infos]
+            self.layer_indices = [i.layer for i in infos]
             for info in infos:
                 if info.layer is not None:
                     g = info.layer_group
@@ -151,7 +158,7 @@ class LayerContexts:
 
     def context(self, n: int, info: LeafInfo) -> RuleContext:
         """The context of the whole (unstacked) leaf ``n``."""
-        layer = self.layers[n]
+        layer = self.layer_indices[n]
         if layer is None and self.structure is not None:
             layer = self.structure.leaves[n].layer
         return RuleContext.make(
@@ -188,16 +195,23 @@ class LayerContexts:
 
 @dataclasses.dataclass
 class Plan:
-    """The static result of matching: which rules hit which leaf."""
+    """The static result of matching: which rules hit which leaf.
+
+    Attributes:
+      flat: the flattened tree (``flat.infos[n]`` describes leaf ``n``).
+      rules: the compiled rules, in order.
+      hits: per leaf, the rules that hit it, in rule order.
+      contexts: the layer indices and counts, and each leaf's contexts.
+    """
 
     flat: FlatTree
     rules: list[Rule]
     hits: list[list[Rule]]
-    layers: LayerContexts
+    contexts: LayerContexts
 
     def missing(self) -> list[UnmatchedRule]:
         """The rules that matched no leaf (see :func:`~flaxinit.rules.matching.unmatched`)."""
-        return unmatched(self.rules, self.hits, self.flat.infos, self.layers.structure)
+        return unmatched(self.rules, self.hits, self.flat.infos, self.contexts.structure)
 
 
 def make_plan(

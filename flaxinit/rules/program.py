@@ -82,7 +82,7 @@ def _leaf_keys(key: Any, leaves: Sequence[tuple[int, LeafInfo, tuple[_Step, ...]
 
 
 def _run_leaf(
-    layers: LayerContexts,
+    contexts: LayerContexts,
     n: int,
     info: LeafInfo,
     steps: Sequence[_Step],
@@ -99,12 +99,12 @@ def _run_leaf(
             # and an unrolled (scalar factor) leaf.
             x = jax.lax.optimization_barrier(x)
         if step.axis is None:
-            ctx = layers.context(n, info)
+            ctx = contexts.context(n, info)
 
             def run_step(x, k, action=step.action, ctx=ctx):
                 return action(k, x, ctx)
         else:
-            ctxs = layers.slices(n, info, step.axis)
+            ctxs = contexts.slices(n, info, step.axis)
 
             def run_step(x, keys, action=step.action, ctxs=ctxs, axis=step.axis, what=step.what):
                 xs = jnp.moveaxis(x, axis, 0)
@@ -236,24 +236,24 @@ def program(
       [[3.0, 3.0]]
     """
     leaves = [(n, plan.flat.infos[n], _steps(plan.flat.infos[n], plan.hits[n])) for n in touched]
-    layers = plan.layers
+    contexts = plan.contexts
     layouts = tuple(layouts) if layouts is not None else (None,) * len(leaves)
 
     def run(xs: list[Any], key: Any) -> list[Any]:
         keys = _leaf_keys(key, leaves)
         return [
-            _run_leaf(layers, n, info, steps, x, lambda s, i=i: keys.get((i, s)), layout)
+            _run_leaf(contexts, n, info, steps, x, lambda s, i=i: keys.get((i, s)), layout)
             for i, ((n, info, steps), x, layout) in enumerate(zip(leaves, xs, layouts, strict=True))
         ]
 
     make = lambda: jax.jit(run, out_shardings=shardings)
     try:
         described = tuple(
-            (info, tuple(plan.hits[n]), layers.layers[n], layers.leaf_signature(n))
+            (info, tuple(plan.hits[n]), contexts.layer_indices[n], contexts.leaf_signature(n))
             for n, info, _ in leaves
         )
         signature = fingerprint(
-            (described, layers.signature(), shardings and tuple(shardings), layouts)
+            (described, contexts.signature(), shardings and tuple(shardings), layouts)
         )
         hash(signature)
     except TypeError:  # an unhashable action argument or context value: no cache

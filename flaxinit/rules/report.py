@@ -168,11 +168,11 @@ def _describe_step(info: LeafInfo, rule: Rule) -> str:
     return f"per layer(axis {axis}, {info.shape[axis]} layers): {action!r}"
 
 
-def _fan_axes(layers: LayerContexts, n: int, info: LeafInfo, hits: Sequence[Rule]) -> str:
+def _fan_axes(contexts: LayerContexts, n: int, info: LeafInfo, hits: Sequence[Rule]) -> str:
     """The fan axes a re-draw on leaf ``n`` uses (from the structure), for reports."""
-    if layers.structure is None or not any(getattr(r.value, "needs_key", False) for r in hits):
+    if contexts.structure is None or not any(getattr(r.value, "needs_key", False) for r in hits):
         return ""
-    ctx = layers.context(n, info)
+    ctx = contexts.context(n, info)
     if ctx.fan_in_axes is None:
         return ""
     used = "" if ctx.structural_axes is not None else " (= Flax's)"
@@ -216,15 +216,15 @@ def explain_rules(
                 path=info.path,
                 shape=info.shape,
                 dtype=info.dtype,
-                layer=plan.layers.context(n, info).layer,
+                layer=plan.contexts.context(n, info).layer,
                 layer_axis=info.layer_axis,
                 rules=tuple(r.index for r in hits),
                 patterns=tuple(r.pattern.source for r in hits),
                 actions=tuple(_describe_step(info, r) for r in hits),
                 role=None
-                if plan.layers.structure is None
-                else plan.layers.structure.leaves[n].role,
-                fan_axes=_fan_axes(plan.layers, n, info, hits),
+                if plan.contexts.structure is None
+                else plan.contexts.structure.leaves[n].role,
+                fan_axes=_fan_axes(plan.contexts, n, info, hits),
             )
         )
     problems = []
