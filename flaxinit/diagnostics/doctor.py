@@ -250,9 +250,9 @@ _NOT_FACTORIES = {
     "Initializer",
     "calculate_gain",
     "compute_fans",
-    "truncated_std",
+    "truncated_normal_std",
     "scaled",
-    "stacked",
+    "layerwise",
     "blockwise",
 }
 
@@ -287,8 +287,8 @@ def parse_initializer(spec: str) -> fi.Initializer:
         if args:
             raise ValueError(f"{name} takes no arguments, got {spec!r}")
         return _DIRECT[name]
-    if name not in fi.__all__ or name in _NOT_FACTORIES:
-        known = sorted(set(fi.__all__) - _NOT_FACTORIES)
+    if name not in fi.initializers.__all__ or name in _NOT_FACTORIES:
+        known = sorted(set(fi.initializers.__all__) - _NOT_FACTORIES)
         raise ValueError(f"unknown initializer {name!r}; known: {', '.join(known)}")
     return getattr(fi, name)(*args)
 
