@@ -126,7 +126,7 @@ class Case:
         return {k: v for k, v in self.call_kwargs.items() if k != "mutable"}
 
     @functools.cached_property
-    def structure(self) -> fi.ModelStructure:
+    def structure(self) -> fi.structure.ModelStructure:
         """The model's structure (roles and fan axes), read once from its computation."""
         variables = self.variables if self.framework == "linen" else None
         extra = {"variables": variables} if variables is not None else {}
@@ -432,7 +432,7 @@ class DoctorReport:
 
     Attributes:
       model: the model diagnosed (Linen or NNX).
-      reports: per scheme, in order, its :class:`~flaxinit.HealthReport`.
+      reports: per scheme, in order, its :class:`~flaxinit.diagnostics.HealthReport`.
       variables: per scheme, what it initialized: Linen a variable dict, NNX an
         ``nnx.State`` of the model (see :meth:`initialized`).
       call_kwargs: the keyword arguments the model was called with.
@@ -633,7 +633,7 @@ def doctor(
       activation: the nonlinearity, declared: applied to every linear output but the
         last, before the one the diagnostics read from the model's jaxpr; see
         :func:`flaxinit.health_report`. It also sets the orthogonal scheme's gain.
-      thresholds: the findings' :class:`~flaxinit.Thresholds`.
+      thresholds: the findings' :class:`~flaxinit.diagnostics.Thresholds`.
 
     Returns:
       A :class:`DoctorReport`; ``print(report)`` shows the comparison.
