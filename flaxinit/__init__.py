@@ -84,9 +84,9 @@ def _load(module: str, attribute: str | None) -> Any:
     return loaded if attribute is None else getattr(loaded, attribute)
 
 
-def _moved(module: str, name: str, new_name: str | None = None) -> tuple[str, Any]:
-    new_name = new_name or name
-    return f"{module}.{new_name}", lambda: _load(module, new_name)
+def _moved(module: str, name: str) -> tuple[str, Any]:
+    """``(dotted new home, loader)`` of ``module.name``, loaded on use."""
+    return f"{module}.{name}", lambda: _load(module, name)
 
 
 # Names that left the top level (issue 18): old name -> (new home, loader).
@@ -117,8 +117,8 @@ MOVED: dict[str, tuple[str, Any]] = {
     "partition_specs": _moved("flaxinit.sharding", "partition_specs"),
     "scaled": _moved("flaxinit.initializers", "scaled"),
     "blockwise": _moved("flaxinit.initializers", "blockwise"),
-    "stacked": _moved("flaxinit.initializers", "stacked", "layerwise"),
-    "truncated_std": _moved("flaxinit.initializers", "truncated_std", "truncated_normal_std"),
+    "stacked": _moved("flaxinit.initializers", "layerwise"),
+    "truncated_std": _moved("flaxinit.initializers", "truncated_normal_std"),
     "uniform_range": ("flaxinit.uniform_between", lambda: uniform_between),
     # The old function keeps its a=/b= keywords while it lasts.
     "trunc_normal": (
