@@ -100,7 +100,10 @@ def test_the_fix_names_the_layers_whose_gain_is_off():
     s = fi.model_structure(model, x)
     report = health_report(model, x, variables=variables, structure=s)
     finding = next(f for f in report.findings if f.code == "vanishing_activations")
-    # N(0, 0.01) on fan_in 32: gain 0.01 * sqrt(32) = 0.057, far below 1.
+    # N(0, 0.01) on fan_in 32: gain 0.01 * sqrt(32) = 0.057, far below 1. The bare relu
+    # is read from the model, so the target is a relu net's 1.4: hidden_3..5 and the head
+    # (LeCun's 1) are named too, as with a declared activation="relu".
+    assert "too small for a relu net" in finding.fix, finding.fix
     assert "(layers: hidden_0/kernel 0.05" in finding.fix, finding.fix
     assert "hidden_2/kernel" in finding.fix
-    assert "and 3 more" in finding.fix  # hidden_3..5; the head (LeCun) is fine
+    assert "and 4 more" in finding.fix
