@@ -102,7 +102,8 @@ def test_layers_inside_scan_raise_a_clear_error(api):
     size = {"vocab_size": 8, "max_len": 4, "d_model": 8, "num_layers": 1}
     if api == "linen":
         model = GPT(**size, scan=True)
-        kwargs = {"variables": model.init(jax.random.key(0), tokens)}
+        # jit: run eagerly, nn.scan's init dispatches op by op (several times slower)
+        kwargs = {"variables": jax.jit(model.init)(jax.random.key(0), tokens)}
     else:
         model = NNXGPT(**size, scan=True, rngs=nnx.Rngs(0))
         kwargs = {}
