@@ -29,7 +29,7 @@ __all__ = ["FlatTree", "LeafInfo", "flatten_tree", "layer_index", "tree_paths"]
 SEP = "/"
 # The partition name nn.scan / nnx.vmap prepend to stacked leaves when the user
 # sets metadata_params / transform_metadata={PARTITION_NAME: 'layers'}.
-STACKED_AXIS_NAME = "layers"
+LAYER_AXIS_NAME = "layers"
 
 _NAME_INDEX = re.compile(r"(.+?)_([0-9]+)")
 _INDEX = re.compile(r"[0-9]+")
@@ -241,6 +241,13 @@ def flatten_tree(tree: Any) -> FlatTree:
     Non-array leaves (Python scalars, strings) are kept in place and get no record.
     A wrapper holding several arrays gives one record per array, its inner path
     appended (a leading ``value`` attribute dropped).
+
+    Example:
+      >>> flat = flatten_tree({"layers_2": {"w": np.zeros((3, 4))}, "step": 7})
+      >>> [(i.path, i.shape, i.layer, i.canonical, i.layer_axis) for i in flat.infos]
+      [('layers_2/w', (3, 4), 2, 'layers/w', None)]
+      >>> flat.rebuild([np.ones((3, 4))])["step"]
+      7
     """
     with_path, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_wrapper)
     outer: list[Any] = []
@@ -270,8 +277,8 @@ def flatten_tree(tree: Any) -> FlatTree:
                 keys = keys[1:]
             path = SEP.join(filter(None, (base, path_str(keys))))
             axis = None
-            if names is not None and len(names) == len(x.shape) and STACKED_AXIS_NAME in names:
-                axis = names.index(STACKED_AXIS_NAME)
+            if names is not None and len(names) == len(x.shape) and LAYER_AXIS_NAME in names:
+                axis = names.index(LAYER_AXIS_NAME)
             slots.append((o, i))
             infos.append(_info(path, x, axis, wrapper))
             arrays.append(x)
