@@ -27,8 +27,9 @@ the linear one, and the two can differ completely (a norm re-centres and rescale
 example or channel, so ``relu(Dense)`` may be dead where ``relu(LayerNorm(Dense))`` is
 not). So when a norm layer (:data:`flaxinit.inspection.NORMS`, subclasses included)
 is called on a linear layer's output itself, that output's record takes the norm's
-output as its pre-activation: a declared ``activation=`` is applied to the norm's output,
-and the record names the norm in ``normalized_by``. A chain of norms (``LayerNorm ->
+output as its pre-activation: the declared or inferred nonlinearity is applied to the
+norm's output (the jaxpr walk starts there), and the record names the norm in
+``normalized_by``. A chain of norms (``LayerNorm ->
 BatchNorm``) takes the last one's output. The record's ``std`` and ``mean`` stay those of
 the linear layer's own output, which is what the depth profile compares. A norm applied
 to anything else (a residual sum, an activation: ``Dense -> relu -> LayerNorm``, pre-norm
