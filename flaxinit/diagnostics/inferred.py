@@ -83,18 +83,41 @@ def _subjaxpr(eqn: core.JaxprEqn) -> core.Jaxpr | None:
     return body
 
 
-def _uses(jaxpr: core.Jaxpr, var: core.Var) -> list[core.JaxprEqn]:
-    return [e for e in jaxpr.eqns if any(a is var for a in e.invars)]
+class _Uses:
+    """Per jaxpr, the positions of the equations that use each variable: built once per
+    jaxpr and call, so a walk costs its own steps, not a scan of the jaxpr per step."""
+
+    def __init__(self):
+        self._by_jaxpr: dict[int, tuple[core.Jaxpr, dict[int, list[int]]]] = {}
+
+    def positions(self, jaxpr: core.Jaxpr, var: core.Var) -> list[int]:
+        """The positions in ``jaxpr.eqns`` of the equations that take ``var``, in order."""
+        entry = self._by_jaxpr.get(id(jaxpr))
+        if entry is None:
+            index: dict[int, list[int]] = {}
+            for i, eqn in enumerate(jaxpr.eqns):
+                for atom in eqn.invars:
+                    if isinstance(atom, core.Var):
+                        at = index.setdefault(id(atom), [])
+                        if not at or at[-1] != i:
+                            at.append(i)
+            # The jaxpr is kept with its index, so its id stays its own.
+            entry = self._by_jaxpr[id(jaxpr)] = (jaxpr, index)
+        return entry[1].get(id(var), [])
+
+    def __call__(self, jaxpr: core.Jaxpr, var: core.Var) -> list[core.JaxprEqn]:
+        return [jaxpr.eqns[i] for i in self.positions(jaxpr, var)]
 
 
 def _is_zero(atom: object) -> bool:
     return isinstance(atom, core.Literal) and jnp.ndim(atom.val) == 0 and atom.val == 0
 
 
-def _downstream(jaxpr: core.Jaxpr, var: core.Var) -> list[core.JaxprEqn]:
-    """The next equations (at most ``_GELU_REACH``) that depend on ``var``, in order."""
+def _downstream(jaxpr: core.Jaxpr, var: core.Var, start: int) -> list[core.JaxprEqn]:
+    """The next equations (at most ``_GELU_REACH``) from position ``start`` on that depend
+    on ``var``, in order."""
     reached, found = {var}, []
-    for eqn in jaxpr.eqns:
+    for eqn in jaxpr.eqns[start:]:
         if any(isinstance(a, core.Var) and a in reached for a in eqn.invars):
             reached.update(eqn.outvars)
             found.append(eqn)
@@ -103,7 +126,7 @@ def _downstream(jaxpr: core.Jaxpr, var: core.Var) -> list[core.JaxprEqn]:
     return found
 
 
-def _gelu(jaxpr: core.Jaxpr, var: core.Var, uses: list[core.JaxprEqn]):
+def _gelu(jaxpr: core.Jaxpr, var: core.Var, uses: list[core.JaxprEqn], start: int):
     """``jax.nn.gelu``'s inlined pattern on ``var``, or None.
 
     Approximate: ``x * 0.5 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x**3)))``, whose uses
@@ -111,7 +134,7 @@ def _gelu(jaxpr: core.Jaxpr, var: core.Var, uses: list[core.JaxprEqn]):
     ``0.5 x * erfc(-x / sqrt 2)``, whose uses are a ``mul`` and a ``neg``.
     """
     prims = sorted(e.primitive.name for e in uses)
-    later = {e.primitive.name for e in _downstream(jaxpr, var)}
+    later = {e.primitive.name for e in _downstream(jaxpr, var, start)}
     cube = any(e.primitive.name == "integer_pow" and e.params.get("y") == 3 for e in uses)
     if prims == ["add", "integer_pow", "mul"] and cube and "tanh" in later:
         return jax.nn.gelu
@@ -124,15 +147,16 @@ def _gelu(jaxpr: core.Jaxpr, var: core.Var, uses: list[core.JaxprEqn]):
 _Outcome = tuple[str, object]
 
 
-def _walk(jaxpr: core.Jaxpr, var: core.Var) -> _Outcome:
+def _walk(jaxpr: core.Jaxpr, var: core.Var, index: _Uses) -> _Outcome:
     """From ``var`` in ``jaxpr`` to the first operation that changes its values."""
     while True:
-        uses = _uses(jaxpr, var)
+        uses = index(jaxpr, var)
         returned = [i for i, v in enumerate(jaxpr.outvars) if v is var]
         if returned:
             return ("escape", returned[0]) if not uses and len(returned) == 1 else ("none", None)
         if len(uses) != 1:
-            gelu = _gelu(jaxpr, var, uses) if len(uses) > 1 else None
+            start = index.positions(jaxpr, var)[0] if uses else 0
+            gelu = _gelu(jaxpr, var, uses, start) if len(uses) > 1 else None
             return ("found", gelu) if gelu is not None else ("none", None)
         (eqn,) = uses
         name = eqn.primitive.name
@@ -159,7 +183,7 @@ def _walk(jaxpr: core.Jaxpr, var: core.Var) -> _Outcome:
         if body is None:
             return "none", None
         position = next(i for i, a in enumerate(eqn.invars) if a is var)
-        outcome = _walk(body, body.invars[position])
+        outcome = _walk(body, body.invars[position], index)
         if outcome[0] != "escape":
             return outcome
         var = eqn.outvars[outcome[1]]
@@ -178,12 +202,12 @@ def _markers(jaxpr: core.Jaxpr, parents: tuple = ()) -> Iterator[tuple[str, core
             yield from _markers(body, (*parents, (jaxpr, eqn)))
 
 
-def _walk_out(jaxpr: core.Jaxpr, var: core.Var, parents: tuple):
+def _walk_out(jaxpr: core.Jaxpr, var: core.Var, parents: tuple, index: _Uses):
     """:func:`_walk`, continued in the enclosing jaxprs when the value leaves a call."""
-    outcome = _walk(jaxpr, var)
+    outcome = _walk(jaxpr, var, index)
     while outcome[0] == "escape" and parents:
         (jaxpr, eqn), parents = parents[-1], parents[:-1]
-        outcome = _walk(jaxpr, eqn.outvars[outcome[1]])
+        outcome = _walk(jaxpr, eqn.outvars[outcome[1]], index)
     return outcome[1] if outcome[0] == "found" else None
 
 
@@ -209,12 +233,13 @@ def inferred_nonlinearities(closed: core.ClosedJaxpr, count: int) -> tuple[Calla
         if is_norm or k not in starts:  # the last norm on a site is its pre-activation
             starts[k] = (var, parents)
     found: list[Callable | None] = []
+    index = _Uses()
     for k in range(count):
         if k not in starts:
             found.append(None)
             continue
         var, parents = starts[k]
-        found.append(_walk_out(_frame(closed.jaxpr, parents), var, parents))
+        found.append(_walk_out(_frame(closed.jaxpr, parents), var, parents, index))
     return tuple(found)
 
 
