@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 
+from flaxinit._deprecation import module_getattr
 from flaxinit.rules.keys import check_key
 from flaxinit.rules.layout import given_layouts, own_layout
 from flaxinit.rules.matching import raise_unmatched
@@ -24,6 +25,30 @@ from flaxinit.rules.planning import make_plan
 from flaxinit.rules.program import program
 
 __all__ = ["apply_rules", "apply_rules_"]
+
+
+def _load(module: str, name: str) -> Callable[[], Any]:
+    def load() -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(f"flaxinit.rules.{module}"), name)
+
+    return load
+
+
+# The names this module held before the split, each now in the module that owns it.
+__getattr__ = module_getattr(
+    __name__,
+    {
+        name: (f"flaxinit.rules.{name}", _load(module, name))
+        for module, names in {
+            "report": ("LeafReport", "RulesReport", "explain_rules"),
+            "matching": ("UnmatchedRule",),
+            "keys": ("stable_hash",),
+        }.items()
+        for name in names
+    },
+)
 
 
 def apply_rules(

@@ -13,6 +13,7 @@ from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import flaxinit.rules
 from flaxinit.initializers import he_normal, normal, orthogonal
 from flaxinit.rules import (
     action,
@@ -269,3 +270,12 @@ def test_adding_a_leaf_changes_no_other_leaf(tree, extra, seed):
     after.pop("zz_new")
     for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_names_that_left_the_engine_module_still_load_and_warn():
+    from flaxinit.rules import engine
+
+    for name in ("LeafReport", "RulesReport", "UnmatchedRule", "explain_rules", "stable_hash"):
+        with pytest.warns(DeprecationWarning, match=rf"use flaxinit\.rules\.{name}"):
+            old = getattr(engine, name)
+        assert old is getattr(flaxinit.rules, name)
