@@ -299,7 +299,7 @@ def activation_stats(
 
 @jax.jit(static_argnums=0)
 def _values_pass(spec, dynamic, x):
-    capture = probe.run(spec, dynamic, x, gradients=False)
+    capture = probe.run(spec, dynamic, x, gradients=False, infer=False)
     return capture.outputs
 
 
@@ -342,7 +342,7 @@ def _site_paths(spec: Any, dynamic: Any, x: Any) -> list[str]:
     paths: list[str] = []
 
     def trace(dynamic, x):
-        capture = probe.run(spec, dynamic, x, gradients=False)
+        capture = probe.run(spec, dynamic, x, gradients=False, infer=False)
         paths.extend(s.path for s in capture.sites)
         return capture.outputs
 

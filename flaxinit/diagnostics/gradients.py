@@ -74,7 +74,7 @@ def gradient_records(capture: probe.Capture) -> records.Packed:
 
 @jax.jit(static_argnums=0)
 def _gradient_pass(spec, dynamic, x, labels):
-    return gradient_records(probe.run(spec, dynamic, x, labels, gradients=True))
+    return gradient_records(probe.run(spec, dynamic, x, labels, gradients=True, infer=False))
 
 
 def gradient_stats(

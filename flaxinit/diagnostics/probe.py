@@ -444,16 +444,31 @@ def has_loss(spec: Spec, labels: Any) -> bool:
     return labels is not None or spec.loss_fn is not None
 
 
-def run(spec: Hashable, dynamic: Any, x: Any, labels: Any = None, *, gradients: bool) -> Capture:
+def run(
+    spec: Hashable,
+    dynamic: Any,
+    x: Any,
+    labels: Any = None,
+    *,
+    gradients: bool,
+    infer: bool = True,
+) -> Capture:
     """Runs the model once on ``x``, recording every site; with ``gradients``, also backward.
 
     The loss is ``loss_fn(outputs, labels)``, default :func:`default_loss`. Gradients with
     respect to each site's output come from zero perturbations added to it, which leaves
-    the forward values unchanged. Call this inside ``jax.jit``.
+    the forward values unchanged. With ``infer``, each site's nonlinearity is read from
+    the jaxpr (``Capture.inferred``); passes that need only the outputs skip it. Call this
+    inside ``jax.jit``.
     """
     spec = unwrap(spec)
     params = params_of(spec, dynamic)
-    shapes, found = _marked_trace(spec, dynamic, params, x)
+    if infer:
+        shapes, found = _marked_trace(spec, dynamic, params, x)
+    else:
+        found = ()
+        if gradients:
+            shapes = jax.eval_shape(lambda p: _recorded_outputs(spec, dynamic, p, x), params)
     if not gradients:
         rec = _Recorder(None)
         _forward(spec, dynamic, params, x, rec)
@@ -493,6 +508,12 @@ def run(spec: Hashable, dynamic: Any, x: Any, labels: Any = None, *, gradients: 
         spec.activation,
         found,
     )
+
+
+def _recorded_outputs(spec: Spec, dynamic: Any, params: Any, x: Any) -> list[jax.Array]:
+    rec = _Recorder(None)
+    _forward(spec, dynamic, params, x, rec)
+    return rec.outputs
 
 
 def _marked_trace(
