@@ -50,11 +50,13 @@ def _context(mesh: Any, logical_axis_rules: Any) -> Callable[..., contextlib.Exi
     return enter
 
 
-def _check_rules(abstract: Any, rules: Any, context: Any, strict: bool) -> None:
+def _check_rules(
+    abstract: Any, rules: Any, context: Any, strict: bool, num_layers: Any, layer_of: Any
+) -> None:
     """Compiles the rules and matches them on the abstract tree, before tracing."""
     if rules is None:
         return
-    plan = make_plan(abstract, rules, context)
+    plan = make_plan(abstract, rules, context, num_layers=num_layers, layer_of=layer_of)
     if strict:
         raise_unmatched(plan.missing())
 
@@ -97,6 +99,8 @@ def plan_init(
     partition_rules: Sequence[tuple[Any, Any]] | None = None,
     logical_axis_rules: Any = None,
     context: Any = None,
+    num_layers: int | None = None,
+    layer_of: Callable[[str], int | None] | None = None,
     strict: bool = True,
     **init_kwargs: Any,
 ) -> ShardedInit:
@@ -128,7 +132,7 @@ def plan_init(
 
     with enter():
         abstract = jax.eval_shape(init, key, rules_key, *args)
-    _check_rules(abstract, rules, context, strict)
+    _check_rules(abstract, rules, context, strict, num_layers, layer_of)
     specs, shardings, inner, abstract = _layout(
         abstract, mesh, partition_rules, logical_axis_rules, strict
     )
@@ -138,7 +142,14 @@ def plan_init(
         if rules is None:
             return variables
         return apply_rules(
-            variables, rules, key=rules_key, context=context, strict=strict, shardings=inner
+            variables,
+            rules,
+            key=rules_key,
+            context=context,
+            strict=strict,
+            shardings=inner,
+            num_layers=num_layers,
+            layer_of=layer_of,
         )
 
     replicated = NamedSharding(mesh, P())
@@ -165,6 +176,8 @@ def init_sharded(
     partition_rules: Sequence[tuple[Any, Any]] | None = None,
     logical_axis_rules: Any = None,
     context: Any = None,
+    num_layers: int | None = None,
+    layer_of: Callable[[str], int | None] | None = None,
     strict: bool = True,
     **init_kwargs: Any,
 ) -> Any:
@@ -199,6 +212,8 @@ def init_sharded(
       logical_axis_rules: ``(logical_name, mesh_axes)`` pairs for logical metadata
         (default: the active ``nn.logical_axis_rules`` context).
       context: the rules' ``context`` (see :func:`flaxinit.apply_rules`).
+      num_layers: the rules' ``num_layers`` (see :func:`flaxinit.apply_rules`).
+      layer_of: the rules' ``layer_of`` (see :func:`flaxinit.apply_rules`).
       strict: raise for rules or partition rules that match nothing, for specs
         that do not divide a shape (else such a dimension is replicated) and for
         logical names no ``logical_axis_rules`` entry maps (else Flax replicates
@@ -233,6 +248,8 @@ def init_sharded(
         partition_rules=partition_rules,
         logical_axis_rules=logical_axis_rules,
         context=context,
+        num_layers=num_layers,
+        layer_of=layer_of,
         strict=strict,
         **init_kwargs,
     )()
@@ -247,6 +264,8 @@ def plan_nnx_init(
     partition_rules: Sequence[tuple[Any, Any]] | None = None,
     logical_axis_rules: Any = None,
     context: Any = None,
+    num_layers: int | None = None,
+    layer_of: Callable[[str], int | None] | None = None,
     strict: bool = True,
 ) -> ShardedInit:
     """Plans ``make_model()`` (then ``apply_rules``) sharded on ``mesh``.
@@ -281,7 +300,7 @@ def plan_nnx_init(
                 f"make_model must return an nnx.Module, got {type(abstract_model).__name__}"
             )
         graphdef, abstract = nnx.split(abstract_model)
-    _check_rules(abstract, rules, context, strict)
+    _check_rules(abstract, rules, context, strict, num_layers, layer_of)
     placed = None  # the specs that path rules chose, written into the Variables' metadata
     if partition_rules is not None:
         flat = flatten_tree(abstract)
@@ -294,7 +313,16 @@ def plan_nnx_init(
         _, state = nnx.split(make_model())
         if rules is None:
             return state
-        return apply_rules(state, rules, key=key, context=context, strict=strict, shardings=inner)
+        return apply_rules(
+            state,
+            rules,
+            key=key,
+            context=context,
+            strict=strict,
+            shardings=inner,
+            num_layers=num_layers,
+            layer_of=layer_of,
+        )
 
     replicated = NamedSharding(mesh, P())
     fn = jax.jit(program, in_shardings=replicated, out_shardings=shardings)
@@ -334,6 +362,8 @@ def nnx_init_sharded(
     partition_rules: Sequence[tuple[Any, Any]] | None = None,
     logical_axis_rules: Any = None,
     context: Any = None,
+    num_layers: int | None = None,
+    layer_of: Callable[[str], int | None] | None = None,
     strict: bool = True,
 ) -> nnx.Module:
     """Builds an NNX model directly sharded on ``mesh``, rules included.
@@ -358,6 +388,8 @@ def nnx_init_sharded(
       partition_rules: ``(pattern, PartitionSpec)`` pairs; first match wins.
       logical_axis_rules: ``(logical_name, mesh_axes)`` pairs for logical metadata.
       context: the rules' ``context``.
+      num_layers: the rules' ``num_layers``.
+      layer_of: the rules' ``layer_of``.
       strict: as in :func:`init_sharded`.
 
     Example:
@@ -379,5 +411,7 @@ def nnx_init_sharded(
         partition_rules=partition_rules,
         logical_axis_rules=logical_axis_rules,
         context=context,
+        num_layers=num_layers,
+        layer_of=layer_of,
         strict=strict,
     )()

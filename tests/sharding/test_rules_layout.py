@@ -78,3 +78,20 @@ def test_given_shardings_place_eager_results():
 def test_shardings_must_match_the_tree():
     with pytest.raises(TypeError, match="shardings must be a tree"):
         fi.apply_rules(TREE, RULES, key=KEY, shardings={"a": None})
+
+
+@pytest.mark.parametrize("framework", ["linen", "nnx"])
+def test_num_layers_and_layer_of_reach_the_rules(framework):
+    import flax.linen as nn
+    from flax import nnx
+
+    mesh = jax.make_mesh((8,), ("m",), axis_types=(AxisType.Explicit,))
+    rules = [("kernel", fi.scale(lambda ctx: 1.0 / ctx.num_layers))]
+    options = {"num_layers": 4, "layer_of": lambda path: None}
+    if framework == "linen":
+        model, x = nn.Dense(8, kernel_init=fi.ones), jnp.ones((1, 8))
+        got = fi.init_sharded(model, KEY, x, mesh=mesh, rules=rules, **options)["params"]
+    else:
+        make = lambda: nnx.Linear(8, 8, kernel_init=fi.ones, rngs=nnx.Rngs(0))
+        got = nnx.state(fi.nnx_init_sharded(make, mesh=mesh, rules=rules, **options))
+    np.testing.assert_array_equal(got["kernel"], np.full((8, 8), 0.25, np.float32))
