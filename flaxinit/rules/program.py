@@ -107,6 +107,8 @@ def _run_leaf(
             ctxs = contexts.slices(n, info, step.axis)
 
             def run_step(x, keys, action=step.action, ctxs=ctxs, axis=step.axis, what=step.what):
+                if not ctxs:  # a stack of no layers: nothing to draw or rewrite
+                    return x
                 xs = jnp.moveaxis(x, axis, 0)
                 out = action.call_stacked(keys, xs, ctxs)
                 return jnp.moveaxis(check_result(info.path, what, xs, out), 0, axis)

@@ -59,3 +59,15 @@ def test_a_cached_program_sees_a_mutated_object():
     assert float(apply_rules(tree, rules())["w"][0]) == 0.5
     config.factor = 3.0
     assert float(apply_rules(tree, rules())["w"][0]) == 3.0
+
+
+def test_a_stack_of_no_layers_passes_through_every_action():
+    import flax.linen as nn
+
+    import flaxinit as fi
+
+    empty = jnp.zeros((0, 4, 4))
+    tree = {"layers": {"kernel": nn.Partitioned(empty, names=("layers", None, None))}}
+    for action in (fi.reinit(fi.normal(1.0)), fi.per_layer(fi.normal(1.0)), fi.scale(lambda c: 2)):
+        out = fi.apply_rules(tree, [("kernel", action)], key=jax.random.key(0))
+        assert out["layers"]["kernel"].value.shape == (0, 4, 4), action
