@@ -191,3 +191,26 @@ def test_import_loads_neither_matplotlib_nor_the_lazy_subpackages():
     ).stdout.split("\n")
     assert out[0] == "[]", out
     assert out[1] == "flaxinit.recipes True", out
+
+
+def test_no_lazy_submodule_is_named_like_a_name_its_package_exports():
+    # Importing a submodule binds its name on the package. pytest's importlib mode does
+    # that when it collects the doctests of a module not loaded yet (the lazily loaded
+    # subpackages), which replaced fi.mup.coord_check by its module. The initializers
+    # load with flaxinit itself, before any collection; the CLI module flaxinit.doctor
+    # is callable on purpose.
+    import importlib
+    import pkgutil
+
+    clashes = []
+    for info in pkgutil.walk_packages(fi.__path__, "flaxinit."):
+        if not info.ispkg or info.name == "flaxinit.initializers":
+            continue
+        package = importlib.import_module(info.name)
+        for sub in pkgutil.iter_modules(package.__path__):
+            if sub.name in getattr(package, "__all__", ()):
+                clashes.append(f"{info.name}.{sub.name}")
+    for sub in pkgutil.iter_modules(fi.__path__):
+        if sub.name in fi.__all__ and not sub.ispkg and sub.name not in ("doctor", "inspection"):
+            clashes.append(f"flaxinit.{sub.name}")
+    assert clashes == []

@@ -22,7 +22,9 @@ into init and learning rate by the abc-symmetry, depth by Depth-muP or CompleteP
 is written out in :mod:`flaxinit.mup.parametrization`.
 """
 
-from flaxinit.mup.coord_check import CoordCheck, coord_check
+# The module is not named coord_check: importing a submodule binds its name on the package,
+# which would hide the function (pytest's importlib mode does so when collecting doctests).
+from flaxinit.mup.coordinate_check import CoordCheck, coord_check
 from flaxinit.mup.parametrization import (
     LeafParametrization,
     Parametrization,

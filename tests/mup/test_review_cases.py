@@ -13,7 +13,7 @@ import pytest
 
 import flaxinit as fi
 from flaxinit.models import GPT
-from flaxinit.mup.coord_check import CoordCheck, _slopes
+from flaxinit.mup.coordinate_check import CoordCheck, _slopes
 
 TOKENS = jnp.zeros((2, 8), jnp.int32)
 

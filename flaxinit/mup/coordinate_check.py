@@ -242,13 +242,16 @@ def _run_width(
     def program(dynamic, x, labels):
         params = probe.params_of(probe.unwrap(spec), dynamic)
         opt_state = tx.init(params)
-        first = probe.run(spec, dynamic, x, labels, gradients=False)
+        # Layer outputs and parameter gradients only: no nonlinearity to read from the jaxpr.
+        first = probe.run(spec, dynamic, x, labels, gradients=False, infer=False)
         sites[:] = [s.path for s in first.sites]
         start = first.outputs
 
         def step(carry, _):
             params, opt_state = carry
-            capture = probe.run(spec, with_params(dynamic, params), x, labels, gradients=True)
+            capture = probe.run(
+                spec, with_params(dynamic, params), x, labels, gradients=True, infer=False
+            )
             size = jnp.stack([jnp.mean(jnp.abs(o.astype(jnp.float32))) for o in capture.outputs])
             change = jnp.stack(
                 [
