@@ -99,7 +99,7 @@ def run(config: C.Config) -> C.Result:
             key = jax.random.fold_in(jax.random.key(41), s)
             params = model.init(key, x[:2])["params"]
             if arm:
-                params = fi.apply_rules(params, arm, context={"num_layers": L})
+                params = fi.apply_rules(params, arm, num_layers=L)
             members.append(params)
             if s == 0:  # the stream's growth through the blocks, at init
                 stream = model.apply({"params": params}, x[:256], features=True)

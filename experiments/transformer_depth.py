@@ -125,7 +125,7 @@ def run(config: C.Config) -> C.Result:
         for s in range(config.seeds):
             params = model.init(jax.random.fold_in(jax.random.key(51), s), probe[:2])["params"]
             if rules:
-                params = fi.apply_rules(params, rules, context={"num_layers": L})
+                params = fi.apply_rules(params, rules, num_layers=L)
             members.append(params)
             if s == 0:
                 _, inter = model.apply({"params": params}, probe, mutable=["intermediates"])

@@ -17,7 +17,9 @@ import numpy as np
 from flaxinit.diagnostics.report import HealthReport
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
+    """A matplotlib figure on the Agg canvas (no display needed), sized in inches; the
+    one place flaxinit's plots (diagnostics, the muP coordinate check) make figures."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -28,7 +30,8 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _save(fig, path: str | pathlib.Path) -> pathlib.Path:
+def save_figure(fig, path: str | pathlib.Path) -> pathlib.Path:
+    """Writes ``fig`` to ``path`` (parent folders created) and returns the path."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -79,7 +82,7 @@ def plot_depth_profiles(
     if isinstance(reports, HealthReport):
         reports = {"": reports}
     with_grads = any(r.gradients for r in reports.values())
-    fig = _figure(11 if with_grads else 6, 4.2)
+    fig = new_figure(11 if with_grads else 6, 4.2)
     axes = fig.subplots(1, 2 if with_grads else 1, squeeze=False)[0]
     panels = [("std", "activation std (linear layer output)")]
     panels += [("grad_rms", "gradient RMS at the layer output")] if with_grads else []
@@ -99,7 +102,7 @@ def plot_depth_profiles(
         axes[0].legend(fontsize="small")
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _shown(v: np.ndarray, log: bool, max_values: int) -> tuple[float, float, np.ndarray]:
@@ -164,7 +167,7 @@ def plot_activation_histograms(
         lo = min((s.min() for s in finite), default=-1.0)
         hi = max((s.max() for s in finite), default=1.0)
         edges = np.linspace(lo, hi if hi > lo else lo + 1, bins + 1)
-    fig = _figure(2.8 * max(len(cols), 1), 1.7 * max(len(rows), 1) + 0.6)
+    fig = new_figure(2.8 * max(len(cols), 1), 1.7 * max(len(rows), 1) + 0.6)
     axes = fig.subplots(
         max(len(rows), 1), max(len(cols), 1), squeeze=False, sharex="all" if log else "none"
     )
@@ -185,4 +188,4 @@ def plot_activation_histograms(
         ax.set_xlabel("log10 |output|" if log else "output", fontsize="small")
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)

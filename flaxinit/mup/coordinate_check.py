@@ -148,10 +148,10 @@ class CoordCheck:
     def plot(self, path: str | pathlib.Path) -> pathlib.Path:
         """microsoft/mup's coord-check figure: one panel per step, mean |x| against
         width on log-log axes, one line per layer. The format follows the suffix."""
-        from flaxinit.diagnostics.plots import _figure, _save
+        from flaxinit.diagnostics.plots import new_figure, save_figure
 
         n = self.steps + 1
-        fig = _figure(3.0 * n, 3.2)
+        fig = new_figure(3.0 * n, 3.2)
         axes = fig.subplots(1, n, sharey=True, squeeze=False)[0]
         for t, ax in enumerate(axes):
             for i, site in enumerate(self.sites):
@@ -165,7 +165,7 @@ class CoordCheck:
         axes[0].set_ylabel("mean |activation|")
         if len(self.sites) <= 12:
             axes[-1].legend(fontsize=6, loc="best")
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 def _slopes(widths: Sequence[int], values: np.ndarray) -> np.ndarray:
