@@ -177,7 +177,10 @@ def _walk(jaxpr: core.Jaxpr, var: core.Var, index: _Uses) -> _Outcome:
         if called.startswith((SITE, NORM)):
             return "none", None  # another recorded output: not a nonlinearity
         info = activations.lookup(called) if called else None
-        if info is not None and callable(getattr(jax.nn, info.name, None)):
+        # The name alone says which function only when the value is the call's one input:
+        # leaky_relu(x, 0.5) or elu(x, alpha=2) pass their parameters as more inputs, and
+        # the table's function would use its defaults instead.
+        if info is not None and len(eqn.invars) == 1 and callable(getattr(jax.nn, info.name, None)):
             return "found", getattr(jax.nn, info.name)
         body = _subjaxpr(eqn)
         if body is None:

@@ -71,6 +71,7 @@ FUNCTIONS = [
     (jax.nn.silu, "silu"),
     (jnp.tanh, "tanh"),
     (jax.nn.sigmoid, "sigmoid"),
+    (jax.nn.leaky_relu, "leaky_relu"),
 ]
 
 
@@ -122,12 +123,15 @@ class Concatenated(nn.Module):
 @pytest.mark.parametrize(
     ("model", "found"),
     [
+        # Named by their call, but with parameters the table's defaults would not use.
+        (Linen(lambda h: jax.nn.leaky_relu(h, 0.5)), [None, None]),
+        (Linen(lambda h: jax.nn.elu(h, alpha=2.0)), [None, None]),
         (Residual(), [None, None]),  # relu of a residual sum, not of the Dense output
         (Scaled(), [None, None]),  # tanh(2 h): applied to h it would describe another input
         (UsedTwice(), [None, None]),
         (Concatenated(), [None, None, None]),
     ],
-    ids=["residual", "scaled", "used-twice", "concatenated"],
+    ids=["leaky-relu-slope", "elu-alpha", "residual", "scaled", "used-twice", "concatenated"],
 )
 def test_nothing_is_guessed(model, found):
     assert _found(model) == found
