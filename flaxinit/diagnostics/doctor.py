@@ -51,6 +51,7 @@ import numpy as np
 from flax import nnx
 
 import flaxinit as fi
+from flaxinit._deprecation import warn_renamed
 from flaxinit.diagnostics import (
     HealthReport,
     Thresholds,
@@ -287,6 +288,10 @@ def parse_initializer(spec: str) -> fi.Initializer:
         if args:
             raise ValueError(f"{name} takes no arguments, got {spec!r}")
         return _DIRECT[name]
+    if name in fi.initializers.RENAMED:  # an old spelling: same arguments, new name
+        new = fi.initializers.RENAMED[name][0].rsplit(".", 1)[1]
+        warn_renamed(f"the initializer name {name!r}", repr(new), stacklevel=2)
+        name = new
     if name not in fi.initializers.__all__ or name in _NOT_FACTORIES:
         known = sorted(set(fi.initializers.__all__) - _NOT_FACTORIES)
         raise ValueError(f"unknown initializer {name!r}; known: {', '.join(known)}")

@@ -194,10 +194,12 @@ def check_not_factory(obj: Any, where: str) -> None:
       ...
       TypeError: he_normal is a factory that builds an initializer, given to a rule uncalled: did you mean fi.he_normal()? Call it first: kernel_init=fi.he_normal() in a Flax module, ("kernel", fi.he_normal()) in rules
     """  # noqa: E501
+    # The marker names the factory itself: functools.wraps copies __dict__, so a user's
+    # initializer wrapping a factory carries the marker too, naming another object.
     spec = getattr(obj, "__flaxinit_factory__", None)
-    if spec is None:
+    if spec is None or spec[2] is not obj:
         return
-    name, required = spec
+    name, required, _ = spec
     call = _factory_call(name, required)
     raise TypeError(
         f"{name} is a factory that builds an initializer, given to {where} uncalled: did "
@@ -277,5 +279,5 @@ def named_factory(
         init.__name__ = init.__qualname__ = f"{name}({text})"
         return init
 
-    build.__flaxinit_factory__ = (name, required)  # read by check_not_factory
+    build.__flaxinit_factory__ = (name, required, build)  # read by check_not_factory
     return build

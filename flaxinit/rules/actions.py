@@ -360,6 +360,19 @@ class Reinit(Action):
         return any(a is not None for a in (self.in_axis, self.out_axis, self.batch_axis))
 
     def _draw(self, key: Any, shape: tuple[int, ...], dtype: Any) -> jax.Array:
+        try:
+            return self._draw_shaped(key, shape, dtype)
+        except (TypeError, ValueError, AttributeError) as error:
+            # A plain callable is an initializer (key, shape, dtype); one written as an
+            # action (key, leaf, ctx) fails here, far from the rule: say how to mark it.
+            error.add_note(
+                f"flaxinit: the rule calls {describe(self.init)} as an initializer "
+                "(key, shape, dtype); if it is a (key, leaf, ctx) function, wrap it in "
+                "flaxinit.rules.action(...)"
+            )
+            raise
+
+    def _draw_shaped(self, key: Any, shape: tuple[int, ...], dtype: Any) -> jax.Array:
         if not self._has_axes:
             return self.init(key, shape, dtype)
         ins = -2 if self.in_axis is None else self.in_axis
@@ -790,7 +803,7 @@ def _check_signature(fn: Any, args: tuple[Any, ...], what: str) -> None:
     """Raises ``TypeError`` if ``fn`` cannot be called with ``len(args)`` positional
     arguments; a signature Python cannot read (some builtins) is taken on trust."""
     try:
-        signature = inspect.signature(fn)
+        signature = inspect.signature(fn, follow_wrapped=False)
     except (TypeError, ValueError):
         return
     try:
@@ -829,7 +842,7 @@ def _reads_as_action(fn: Any) -> bool:
     ctx)`` (its second named ``leaf`` or its third ``ctx``): such a plain function was
     run as an action before :func:`action` existed, and still is, with a warning."""
     try:
-        parameters = list(inspect.signature(fn).parameters.values())
+        parameters = list(inspect.signature(fn, follow_wrapped=False).parameters.values())
     except (TypeError, ValueError):
         return False
     kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)

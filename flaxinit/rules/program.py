@@ -131,7 +131,10 @@ def _naming_the_leaf(error: Exception, what: str, info: LeafInfo) -> Exception:
     if type(error) not in (TypeError, ValueError):
         error.add_note(where)  # a subclass may not take a message: keep it, add ours
         return error
-    return type(error)(f"{where}: {text}")
+    renamed = type(error)(f"{where}: {text}")
+    for note in getattr(error, "__notes__", ()):
+        renamed.add_note(note)
+    return renamed
 
 
 def fingerprint(obj: Any, depth: int = 0) -> Any:

@@ -104,6 +104,19 @@ def test_parse_initializer_errors():
         doctor.parse_initializer("scaled")
 
 
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("uniform_range:-1,1", "uniform_between:-1,1"),
+        ("trunc_normal:0,2", "truncated_normal_between:0,2"),
+    ],
+)
+def test_parse_initializer_takes_the_old_names_with_a_warning(old, new):
+    with pytest.warns(DeprecationWarning, match=f"use '{new.split(':')[0]}'"):
+        got = doctor.parse_initializer(old)(jax.random.key(0), (20, 20))
+    np.testing.assert_array_equal(got, doctor.parse_initializer(new)(jax.random.key(0), (20, 20)))
+
+
 # ------------------------------------------------------------------ the doctor on your model
 
 USER_MODELS = textwrap.dedent(

@@ -288,3 +288,26 @@ def test_at_out_of_range_or_partial_raises_naming_the_leaf():
             apply_rules(tree, [("b", at(index, fill(1.0)))])
     out = apply_rules(tree, [("b", at[..., 16:32](fill(1.0)))])
     assert float(out["b"].sum()) == 16.0
+
+
+def test_a_key_leaf_ctx_lambda_failing_as_an_initializer_says_to_wrap_it():
+    from flaxinit.rules import apply_rules
+
+    with pytest.raises(TypeError) as caught:
+        apply_rules(
+            {"w": jnp.ones((2, 2))},
+            [("w", lambda k, x, c: jnp.zeros_like(x))],
+            key=jax.random.key(0),
+        )
+    assert any("flaxinit.rules.action(...)" in note for note in caught.value.__notes__)
+
+
+def test_an_initializer_wrapping_a_factory_is_an_initializer():
+    from flaxinit.rules import apply_rules
+
+    @functools.wraps(normal)  # copies the factory's marker and signature onto it
+    def mine(key, shape, dtype=jnp.float32):
+        return jnp.full(shape, 3.0, dtype)
+
+    out = apply_rules({"w": jnp.ones((2, 2))}, [("w", mine)], key=jax.random.key(0))
+    np.testing.assert_array_equal(out["w"], np.full((2, 2), 3.0, np.float32))
