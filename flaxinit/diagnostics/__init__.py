@@ -56,6 +56,14 @@ __all__ = [
 ]
 
 
+# The old classes build the zoo's model: the same layers, but zoo parameter names
+# (hidden_i, conv_i, head) and no Activation layers (the nonlinearity is read from the jaxpr).
+_ZOO = (
+    "flaxinit.models.{} (the model it now builds: its parameter paths are the zoo's, "
+    "hidden_i/conv_i/head instead of Dense_i/Conv_i)"
+)
+
+
 def _old_model(name: str):
     """Loads the deprecated name's builder (old signature, zoo model) on first use."""
 
@@ -68,9 +76,9 @@ def _old_model(name: str):
 __getattr__ = _deprecation.module_getattr(
     "flaxinit.diagnostics",
     {
-        "MLP": ("flaxinit.models.MLP", _old_model("MLP")),
-        "CNN": ("flaxinit.models.ConvNet", _old_model("CNN")),
-        "GPT": ("flaxinit.models.GPT", _old_model("GPT")),
-        "NNXMLP": ("flaxinit.models.NNXMLP", _old_model("NNXMLP")),
+        "MLP": (_ZOO.format("MLP"), _old_model("MLP")),
+        "CNN": (_ZOO.format("ConvNet"), _old_model("CNN")),
+        "GPT": (_ZOO.format("GPT"), _old_model("GPT")),
+        "NNXMLP": (_ZOO.format("NNXMLP"), _old_model("NNXMLP")),
     },
 )
