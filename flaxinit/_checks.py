@@ -32,6 +32,7 @@ __all__ = [
     "check_number",
     "check_shape",
     "fail",
+    "format_bound",
     "normalize_axes",
 ]
 
@@ -49,8 +50,11 @@ def fail(error: type[Exception], caller: str, arg: str, requirement: str, value:
     raise error(f"{caller}: {arg} must be {requirement}, got {arg}={shown}")
 
 
-def _bound(x: float) -> str:
-    return f"{x:g}"
+def format_bound(x: float) -> str:
+    """A bound as an error message shows it: short (``0.1``, ``1e-05``), unless the
+    short form would round it (``0.1000001`` stays whole)."""
+    short = f"{x:g}"
+    return short if float(short) == x else repr(float(x))
 
 
 def check_number(
@@ -98,13 +102,13 @@ def check_number(
     if math.isnan(value) or (finite and math.isinf(value)):
         fail(ValueError, caller, arg, "finite" if finite else "a number, not NaN", value)
     if at_least is not None and value < at_least:
-        fail(ValueError, caller, arg, f">= {_bound(at_least)}", value)
+        fail(ValueError, caller, arg, f">= {format_bound(at_least)}", value)
     if above is not None and value <= above:
-        fail(ValueError, caller, arg, f"> {_bound(above)}", value)
+        fail(ValueError, caller, arg, f"> {format_bound(above)}", value)
     if at_most is not None and value > at_most:
-        fail(ValueError, caller, arg, f"<= {_bound(at_most)}", value)
+        fail(ValueError, caller, arg, f"<= {format_bound(at_most)}", value)
     if below is not None and value >= below:
-        fail(ValueError, caller, arg, f"< {_bound(below)}", value)
+        fail(ValueError, caller, arg, f"< {format_bound(below)}", value)
     return value
 
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxinit._checks import check_dtype as check_any_dtype
-from flaxinit._checks import check_number, check_shape, fail
+from flaxinit._checks import check_number, check_shape, fail, format_bound
 from flaxinit.initializers._core import (
     DTypeLike,
     Initializer,
@@ -205,7 +205,7 @@ def uniform_between(
     minval = check_number(minval, name, "minval")
     maxval = check_number(maxval, name, "maxval")
     if not maxval > minval:
-        fail(ValueError, name, "maxval", f"> minval={minval:g}", maxval)
+        fail(ValueError, name, "maxval", f"> minval={format_bound(minval)}", maxval)
     default = None if dtype is None else check_dtype(dtype, name)
 
     def init(key, shape, dtype=default, out_sharding=None):
@@ -237,7 +237,7 @@ def truncated_normal_std(lower: float, upper: float) -> float:
     a = check_number(lower, "truncated_normal_std", "lower", finite=False)
     b = check_number(upper, "truncated_normal_std", "upper", finite=False)
     if not b > a:
-        fail(ValueError, "truncated_normal_std", "upper", f"> lower={a:g}", b)
+        fail(ValueError, "truncated_normal_std", "upper", f"> lower={format_bound(a)}", b)
     pdf = lambda t: math.exp(-0.5 * t * t) / math.sqrt(2 * math.pi) if math.isfinite(t) else 0.0
     mass = float(_ndtr(b) - _ndtr(a))
     ta = a * pdf(a) if math.isfinite(a) else 0.0
@@ -254,7 +254,7 @@ def _check_bounds(
     lower = check_number(lower, name, args[0], finite=False)
     upper = check_number(upper, name, args[1], finite=False)
     if not upper > lower:
-        fail(ValueError, name, args[1], f"> {args[0]}={lower:g}", upper)
+        fail(ValueError, name, args[1], f"> {args[0]}={format_bound(lower)}", upper)
     if float(_ndtr(upper) - _ndtr(lower)) < 1e-6:
         raise ValueError(
             f"{name}: the interval ({lower}, {upper}) holds less than 1e-6 of the normal's "
@@ -395,7 +395,7 @@ def truncated_normal_between(
     minval = check_number(minval, name, "minval")
     maxval = check_number(maxval, name, "maxval")
     if not maxval > minval:
-        fail(ValueError, name, "maxval", f"> minval={minval:g}", maxval)
+        fail(ValueError, name, "maxval", f"> minval={format_bound(minval)}", maxval)
     lower, upper = _check_bounds((minval - mean) / std, (maxval - mean) / std, name)
     default = None if dtype is None else check_dtype(dtype, name)
 
@@ -434,5 +434,5 @@ def trunc_normal(
       True
     """
     if not check_number(b, "trunc_normal", "b") > check_number(a, "trunc_normal", "a"):
-        fail(ValueError, "trunc_normal", "b", f"> a={a:g}", b)
+        fail(ValueError, "trunc_normal", "b", f"> a={format_bound(a)}", b)
     return truncated_normal_between(mean, std, a, b, dtype)

@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 from flax.core import meta
 
-from flaxinit._deprecation import warn_renamed
+from flaxinit._deprecation import module_getattr, warn_renamed
 
 __all__ = ["FlatTree", "LeafInfo", "flatten_tree", "layer_index", "tree_paths"]
 
@@ -298,3 +298,9 @@ def tree_paths(tree: Any) -> list[tuple[str, Any]]:
     """
     flat = flatten_tree(tree)
     return [(info.path, a) for info, a in zip(flat.infos, flat.arrays, strict=True)]
+
+
+__getattr__ = module_getattr(
+    __name__,
+    {"STACKED_AXIS_NAME": ("flaxinit.rules.paths.LAYER_AXIS_NAME", lambda: LAYER_AXIS_NAME)},
+)

@@ -169,3 +169,10 @@ def test_abstract_leaves_are_leaves():
 )
 def test_layer_index(path, expected):
     assert layer_index(path) == expected
+
+
+def test_the_old_layer_axis_constant_warns_and_keeps_its_value():
+    from flaxinit.rules import paths
+
+    with pytest.warns(DeprecationWarning, match=r"use flaxinit\.rules\.paths\.LAYER_AXIS_NAME"):
+        assert paths.STACKED_AXIS_NAME == paths.LAYER_AXIS_NAME == "layers"
