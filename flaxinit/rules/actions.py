@@ -365,6 +365,10 @@ class Reinit(Action):
         except (TypeError, ValueError, AttributeError) as error:
             # A plain callable is an initializer (key, shape, dtype); one written as an
             # action (key, leaf, ctx) fails here, far from the rule: say how to mark it.
+            # flaxinit's, jax's and flax's initializers are not such functions.
+            module = getattr(self.init, "__module__", None) or ""
+            if module.split(".")[0] in ("flaxinit", "jax", "flax"):
+                raise
             error.add_note(
                 f"flaxinit: the rule calls {describe(self.init)} as an initializer "
                 "(key, shape, dtype); if it is a (key, leaf, ctx) function, wrap it in "

@@ -300,6 +300,10 @@ def test_a_key_leaf_ctx_lambda_failing_as_an_initializer_says_to_wrap_it():
             key=jax.random.key(0),
         )
     assert any("flaxinit.rules.action(...)" in note for note in caught.value.__notes__)
+    # The catalogue's own initializers failing on a leaf get no such hint.
+    with pytest.raises(ValueError) as caught:
+        apply_rules({"b": jnp.ones(3)}, [("b", orthogonal())], key=jax.random.key(0))
+    assert not any("rules.action" in note for note in getattr(caught.value, "__notes__", ()))
 
 
 def test_an_initializer_wrapping_a_factory_is_an_initializer():
