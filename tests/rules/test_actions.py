@@ -301,7 +301,7 @@ def test_a_key_leaf_ctx_lambda_failing_as_an_initializer_says_to_wrap_it():
         )
     assert any("flaxinit.rules.action(...)" in note for note in caught.value.__notes__)
     # The catalogue's own initializers failing on a leaf get no such hint.
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises(ValueError, match="at least 2 dimensions") as caught:
         apply_rules({"b": jnp.ones(3)}, [("b", orthogonal())], key=jax.random.key(0))
     assert not any("rules.action" in note for note in getattr(caught.value, "__notes__", ()))
 
