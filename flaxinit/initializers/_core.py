@@ -17,9 +17,6 @@ import numpy as np
 
 from flaxinit import _checks
 
-# Re-exported for flaxinit.rules.actions, which imports it from here.
-check_axis_spec = _checks.check_axes
-
 Shape = Sequence[int]
 DTypeLike = Any
 OutSharding = jax.sharding.NamedSharding | jax.sharding.PartitionSpec | None

@@ -38,9 +38,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flaxinit._checks import check_axes
 from flaxinit._deprecation import warn_renamed
 from flaxinit.initializers import compute_fans
-from flaxinit.initializers._core import check_axis_spec, check_not_factory
+from flaxinit.initializers._core import check_not_factory
 from flaxinit.rules.options import warn_from_caller
 from flaxinit.rules.paths import LeafInfo
 
@@ -467,7 +468,7 @@ def reinit(
     check_not_factory(init, "reinit")
 
     def norm(value: Any, arg: str) -> int | tuple[int, ...] | None:
-        return None if value is None else check_axis_spec(value, "reinit", arg)
+        return None if value is None else check_axes(value, "reinit", arg)
 
     return Reinit(
         init,
